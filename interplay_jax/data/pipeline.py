@@ -1,0 +1,308 @@
+"""The grain data pipeline for next-token training (pre-training and mid-training).
+
+    source (generator: record per global index | JSONL files, token budget per op)
+      -> [process_index::process_count]      per-host shard of the record stream
+      -> filter (drop any record whose content hash is held out / in an eval split)
+      -> tokenize (document + EOS)
+      -> to_iter_dataset (thread prefetch)
+      -> FFDPackIterDataset: first-fit-decreasing packing into seq_len over a buffer of documents
+      -> batch(B)  ->  dict(tokens, segment_ids, positions) int32 [B, T]
+
+``segment_ids`` numbers the documents of a row 1, 2, ... and is 0 on padding; ``positions`` restart
+at 0 in every document. Documents are never split; a document longer than seq_len is dropped and
+counted. The iterator's ``get_state()`` is a small JSON-able dict and ``set_state`` restores the
+stream exactly (the packer re-reads its current buffer from the recorded parent state).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import pathlib
+from typing import Any, Callable, Iterable, Sequence
+
+import grain
+import numpy as np
+
+from interplay_jax.errors import DataError
+
+# ---------------------------------------------------------------------------- records
+
+
+def record_hash(record: dict) -> str:
+    """Content hash of a problem: sha256 of (problem, question, solution) — the dedup key."""
+    h = hashlib.sha256()
+    for field in ("problem", "question", "solution"):
+        h.update(str(record.get(field, "")).encode())
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+class GeneratorSource:
+    """A grain data source: record ``i`` is ``mixture.record(seed, i)`` (deterministic)."""
+
+    def __init__(self, mixture, seed: int, length: int = 2**40):
+        self.mixture, self.seed, self.length = mixture, int(seed), int(length)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        return self.mixture.record(self.seed, int(index))
+
+
+def _read_jsonl(path) -> list[dict]:
+    try:  # the task layer's reader raises DataError "file:line: reason"
+        from interplay_jax.task.writer import read_jsonl
+        return list(read_jsonl(path))
+    except ImportError:
+        out = []
+        with open(path) as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        out.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise DataError(f"{path}:{n}: invalid JSON ({e.msg})") from None
+        return out
+
+
+def split_files(data_dir, split: str) -> list[pathlib.Path]:
+    """JSONL files of one split in the published layout (``train/{op}/*.jsonl``, ``heldout/``...)."""
+    root = pathlib.Path(data_dir) / split
+    return sorted(root.rglob("*.jsonl")) if root.is_dir() else []
+
+
+def heldout_hashes(data_dir, splits: Sequence[str] = ("heldout", "val", "test")) -> set[str]:
+    """Content hashes of every record in the held-out / eval splits under ``data_dir``."""
+    return {record_hash(r) for s in splits for f in split_files(data_dir, s) for r in _read_jsonl(f)}
+
+
+def load_train_records(data_dir, tokens_per_op: dict | None, count_tokens: Callable[[dict], int],
+                       total_tokens: int | None = None) -> list[dict]:
+    """Records of ``train/{op}/*.jsonl`` in file order, per op up to its token budget.
+
+    ``tokens_per_op``: {op: tokens}; ops not named are left out. None: every op, no limit.
+    ``total_tokens`` caps the sum (used when the budget is one number). Raises DataError
+    when the budget of an op asks for more tokens than its files hold.
+    """
+    root = pathlib.Path(data_dir) / "train"
+    if not root.is_dir():
+        raise DataError(f"{root}: no train/ directory (expected the published layout train/{{op}}/*.jsonl)")
+    op_dirs = {}
+    for d in sorted(root.iterdir()):
+        if d.is_dir():
+            key = d.name[2:] if d.name.startswith("op") else d.name
+            if key.isdigit():
+                op_dirs[int(key)] = d
+    ops = sorted(op_dirs) if tokens_per_op is None else sorted(int(o) for o in tokens_per_op)
+    out = []
+    for op in ops:
+        if op not in op_dirs:
+            raise DataError(f"{root}: no train data for op {op} (have ops {sorted(op_dirs)})")
+        budget = None if tokens_per_op is None else int(tokens_per_op[op] if op in tokens_per_op
+                                                        else tokens_per_op[str(op)])
+        used = 0
+        for f in sorted(op_dirs[op].glob("*.jsonl")):
+            for r in _read_jsonl(f):
+                if budget is not None and used >= budget:
+                    break
+                out.append(r)
+                used += count_tokens(r)
+        if budget is not None and used < budget:
+            raise DataError(f"{op_dirs[op]}: op {op} holds {used} tokens, fewer than its budget {budget}")
+    if total_tokens is not None:
+        kept, used = [], 0
+        for r in out:
+            if used >= total_tokens:
+                break
+            kept.append(r)
+            used += count_tokens(r)
+        out = kept
+    return out
+
+
+# ---------------------------------------------------------------------------- packing
+
+
+def ffd_pack(docs: Sequence[np.ndarray], seq_len: int) -> list[list[int]]:
+    """First-fit-decreasing: bins (lists of doc indices) of total length <= seq_len.
+
+    Docs are placed longest first (ties in stream order) into the first bin with room; bins are
+    returned in the order they were opened. Every doc must have 1 <= len <= seq_len.
+    """
+    order = sorted(range(len(docs)), key=lambda i: (-len(docs[i]), i))
+    room = np.zeros(len(docs), np.int64)
+    bins: list[list[int]] = []
+    for i in order:
+        n = len(docs[i])
+        fits = np.flatnonzero(room[:len(bins)] >= n)
+        if fits.size:
+            b = int(fits[0])
+        else:
+            b = len(bins)
+            bins.append([])
+            room[b] = seq_len
+        bins[b].append(i)
+        room[b] -= n
+    return bins
+
+
+def pack_row(docs: Sequence[np.ndarray], seq_len: int, pad_id: int) -> dict:
+    """One packed row: dict(tokens, segment_ids, positions) int32 [seq_len]."""
+    tokens = np.full(seq_len, pad_id, np.int32)
+    segment_ids = np.zeros(seq_len, np.int32)
+    positions = np.zeros(seq_len, np.int32)
+    at = 0
+    for k, d in enumerate(docs, 1):
+        n = len(d)
+        tokens[at:at + n] = d
+        segment_ids[at:at + n] = k
+        positions[at:at + n] = np.arange(n, dtype=np.int32)
+        at += n
+    return {"tokens": tokens, "segment_ids": segment_ids, "positions": positions}
+
+
+class _FFDPackIterator(grain.DatasetIterator):
+    def __init__(self, parent, seq_len: int, buffer_docs: int, pad_id: int):
+        super().__init__(parent)
+        self._seq_len, self._buffer_docs, self._pad_id = seq_len, buffer_docs, pad_id
+        self._buffer_start = parent.get_state()  # parent state before the current buffer
+        self._rows: list[dict] = []
+        self._emitted = 0          # rows of the current buffer already returned
+        self._dropped = 0          # too-long documents dropped before the current buffer
+        self._buffer_dropped = 0   # ... and inside the current buffer
+        self._loaded = False
+
+    @property
+    def dropped(self) -> int:
+        return self._dropped + (self._buffer_dropped if self._loaded else 0)
+
+    def _fill(self) -> None:
+        self._buffer_start = self._parent.get_state()
+        docs, dropped = [], 0
+        for _ in range(self._buffer_docs):
+            try:
+                d = next(self._parent)
+            except StopIteration:
+                break
+            d = np.asarray(d, np.int32)
+            if len(d) > self._seq_len or len(d) == 0:
+                dropped += 1
+            else:
+                docs.append(d)
+        self._rows = [pack_row([docs[i] for i in b], self._seq_len, self._pad_id)
+                      for b in ffd_pack(docs, self._seq_len)]
+        self._buffer_dropped, self._emitted, self._loaded = dropped, 0, True
+
+    def __next__(self) -> dict:
+        while not self._loaded or self._emitted >= len(self._rows):
+            if self._loaded:
+                if not self._rows:
+                    raise StopIteration
+                self._dropped += self._buffer_dropped
+            self._loaded = False
+            self._fill()
+        row = self._rows[self._emitted]
+        self._emitted += 1
+        return row
+
+    def get_state(self) -> dict:
+        if self._loaded and self._emitted >= len(self._rows) and self._rows:
+            # buffer used up: the next row comes from a fresh buffer at the parent's position
+            return {"parent": self._parent.get_state(), "emitted": 0,
+                    "dropped": self._dropped + self._buffer_dropped}
+        return {"parent": self._buffer_start, "emitted": self._emitted, "dropped": self._dropped}
+
+    def set_state(self, state: dict) -> None:
+        self._parent.set_state(state["parent"])
+        self._dropped = int(state["dropped"])
+        self._loaded = False
+        self._fill()
+        self._emitted = int(state["emitted"])
+
+
+class FFDPackIterDataset(grain.IterDataset):
+    """Packs a stream of 1-D token arrays into rows of ``seq_len`` with first-fit-decreasing over
+    a buffer of ``buffer_docs`` documents (documents never split; too long ones dropped)."""
+
+    def __init__(self, parent: grain.IterDataset, seq_len: int, buffer_docs: int = 256, pad_id: int = 1):
+        super().__init__(parent)
+        self._seq_len, self._buffer_docs, self._pad_id = int(seq_len), int(buffer_docs), int(pad_id)
+
+    def __iter__(self) -> _FFDPackIterator:
+        return _FFDPackIterator(self._parent.__iter__(), self._seq_len, self._buffer_docs, self._pad_id)
+
+    def __str__(self) -> str:
+        return f"FFDPackIterDataset(seq_len={self._seq_len}, buffer_docs={self._buffer_docs})"
+
+
+# ---------------------------------------------------------------------------- the pipeline
+
+
+def _host() -> tuple[int, int]:
+    try:
+        import jax
+        return jax.process_index(), jax.process_count()
+    except Exception:  # pragma: no cover - jax missing or not initialised
+        return 0, 1
+
+
+def build_dataset(source, encode: Callable[[dict], Sequence[int]], *, seq_len: int, batch_size: int,
+                  pad_id: int, exclude_hashes: Iterable[str] = (), buffer_docs: int = 256,
+                  shuffle_seed: int | None = None, num_epochs: int | None = 1,
+                  num_threads: int = 1, process_index: int | None = None,
+                  process_count: int | None = None) -> grain.IterDataset:
+    """The training dataset of one host: batches dict(tokens, segment_ids, positions) [B, T].
+
+    ``source``: any ``__len__/__getitem__`` of records (e.g. :class:`GeneratorSource` or a list of
+    JSONL records). ``encode(record)`` -> token ids of the document + EOS. ``batch_size`` is the
+    per-host batch. ``shuffle_seed``: shuffle a finite source (JSONL); the generator source is
+    already random per index. ``num_epochs``: passes over a finite source (None: forever).
+    """
+    pi, pc = _host()
+    pi = pi if process_index is None else process_index
+    pc = pc if process_count is None else process_count
+    ds = grain.MapDataset.source(source)
+    if shuffle_seed is not None:
+        ds = ds.shuffle(seed=int(shuffle_seed))
+    if num_epochs != 1:
+        ds = ds.repeat(num_epochs)
+    ds = ds[pi::pc]
+    excluded = frozenset(exclude_hashes)
+    if excluded:
+        ds = ds.filter(lambda r: record_hash(r) not in excluded)
+    ds = ds.map(lambda r: np.asarray(encode(r), np.int32))
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4 * buffer_docs
+                                              if num_threads else 0))
+    it = FFDPackIterDataset(it, seq_len, buffer_docs=buffer_docs, pad_id=pad_id)
+    return it.batch(batch_size, drop_remainder=True)
+
+
+def dropped_documents(iterator) -> int:
+    """How many too-long documents the packer inside ``iterator`` has dropped so far."""
+    state = iterator.get_state()
+    while isinstance(state, dict):
+        if "dropped" in state and "emitted" in state:
+            return int(state["dropped"])
+        state = state.get("parent")
+    return 0
+
+
+def eval_batches(records: Sequence[dict], encode: Callable[[dict], Sequence[int]], *, seq_len: int,
+                 batch_size: int, pad_id: int) -> list[dict]:
+    """Every record packed (FFD) into fixed batches [B, T] for held-out loss; the last batch is
+    padded with empty rows (segment_ids 0, so it adds nothing to the loss)."""
+    docs = [d for d in (np.asarray(encode(r), np.int32) for r in records) if 0 < len(d) <= seq_len]
+    rows = [pack_row([docs[i] for i in b], seq_len, pad_id) for b in ffd_pack(docs, seq_len)]
+    if not rows:
+        return []
+    while len(rows) % batch_size:
+        rows.append(pack_row([], seq_len, pad_id))
+    return [{k: np.stack([r[k] for r in rows[i:i + batch_size]]) for k in rows[0]}
+            for i in range(0, len(rows), batch_size)]
+
+
+def stream_stats(batch: dict) -> dict:
+    """Real (non-pad) tokens and documents in a batch."""
+    seg = np.asarray(batch["segment_ids"])
+    return {"tokens": int((seg > 0).sum()), "documents": int(seg.max(axis=-1).sum())}
