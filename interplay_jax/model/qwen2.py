@@ -1,0 +1,390 @@
+"""Qwen2-style decoder in Flax NNX (SPEC §2), with a static-shape KV cache for rollouts.
+
+Architecture: token embedding -> L x [RMSNorm -> GQA self-attention (q/k/v bias, no o bias, RoPE)
+-> residual -> RMSNorm -> SwiGLU MLP -> residual] -> RMSNorm -> logits = h @ embed.T (tied).
+
+Parameters (all ``nnx.Param``, fp32 by default; the model holds no other state):
+
+=====================  ======================  =========================================
+path                   shape                   note
+=====================  ======================  =========================================
+embed                  [V, D]                  also the output projection when tied
+lm_head                [D, V]                  only when ``tie_embeddings=False``
+layers[i].attn_norm    [D]
+layers[i].q_kernel     [D, H, Dh]              q_bias [H, Dh]
+layers[i].k_kernel     [D, K, Dh]              k_bias [K, Dh]
+layers[i].v_kernel     [D, K, Dh]              v_bias [K, Dh]
+layers[i].o_kernel     [H, Dh, D]
+layers[i].mlp_norm     [D]
+layers[i].gate_kernel  [D, F]                  up_kernel [D, F], down_kernel [F, D]
+final_norm             [D]
+=====================  ======================  =========================================
+
+Activations use the [B, T, heads, head_dim] layout throughout (no transposes); GQA is an einsum over
+[B, T, K, G, Dh] queries against [B, S, K, Dh] keys, so K/V are never repeated.
+
+KV cache (see :func:`init_cache`): a dict of plain arrays with static shapes
+``{"k": [L, B, S, K, Dh], "v": [L, B, S, K, Dh], "valid": [B, S] bool, "pos": [B] int32,
+"index": [] int32}``. ``index`` is the next slot to write (shared by the batch), ``pos`` the next
+RoPE position of each row (rows differ under left padding), ``valid`` marks written non-pad slots.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from interplay_jax.errors import ConfigError
+
+ATTENTION_IMPLS = ("auto", "einsum", "jax")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+# ----------------------------------------------------------------------------------------- config
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int = 2200
+    hidden_size: int = 768
+    intermediate_size: int = 3072
+    num_layers: int = 12
+    num_heads: int = 12
+    num_kv_heads: int = 2
+    head_dim: int = 64
+    rope_theta: float = 1e6
+    rms_norm_eps: float = 1e-6
+    max_position_embeddings: int = 2048
+    tie_embeddings: bool = True
+    init_std: float = 0.02
+    dtype: str = "float32"  # compute dtype; softmax, norms and logits stay fp32
+    param_dtype: str = "float32"
+    remat: bool = False  # nnx.remat per layer
+    attention: str = "auto"  # "einsum" (portable), "jax" (jax.nn.dot_product_attention), "auto"
+
+    def validate(self) -> "ModelConfig":
+        """Raise ConfigError (one line naming the clashing values) if this config cannot run."""
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                     "num_kv_heads", "head_dim", "max_position_embeddings"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"model.{name}={value!r} must be a positive integer")
+        if self.num_heads % self.num_kv_heads:
+            raise ConfigError(f"model.num_heads={self.num_heads} is not a multiple of "
+                              f"model.num_kv_heads={self.num_kv_heads}")
+        if self.head_dim % 2:
+            raise ConfigError(f"model.head_dim={self.head_dim} must be even for RoPE")
+        if self.rope_theta <= 0 or self.rms_norm_eps <= 0 or self.init_std <= 0:
+            raise ConfigError(f"model.rope_theta={self.rope_theta}, model.rms_norm_eps={self.rms_norm_eps} "
+                              f"and model.init_std={self.init_std} must be > 0")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"model.dtype={self.dtype!r}; expected one of {', '.join(DTYPES)}")
+        if self.param_dtype not in DTYPES:
+            raise ConfigError(f"model.param_dtype={self.param_dtype!r}; expected one of {', '.join(DTYPES)}")
+        if self.attention not in ATTENTION_IMPLS:
+            raise ConfigError(f"model.attention={self.attention!r}; expected one of {', '.join(ATTENTION_IMPLS)}")
+        return self
+
+    def num_params(self) -> int:
+        """Analytic parameter count (tied embeddings counted once)."""
+        d, f, dh = self.hidden_size, self.intermediate_size, self.head_dim
+        h, k = self.num_heads, self.num_kv_heads
+        attn = d * h * dh + h * dh + 2 * (d * k * dh + k * dh) + h * dh * d
+        per_layer = 2 * d + attn + 3 * d * f
+        total = self.vocab_size * d + self.num_layers * per_layer + d
+        if not self.tie_embeddings:
+            total += d * self.vocab_size
+        return total
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token: 6 * (non-embedding-gather params) + causal attention.
+
+        Attention: QK^T and AV are 2 matmuls of 2*T*H*Dh FLOPs per token forward (x3 for fwd+bwd),
+        halved for the causal mask, i.e. 6 * L * H * Dh * T per token.
+        """
+        matmul_params = self.num_params() - self.hidden_size * (2 * self.num_layers + 1)
+        attn = 6 * self.num_layers * self.num_heads * self.head_dim * seq_len
+        return 6.0 * matmul_params + attn
+
+    @property
+    def compute_dtype(self):
+        return jnp.dtype(self.dtype)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The study's model (SPEC §2, reference/qwen2_100M_config.json): 103,171,584 parameters.
+    "paper100m": dict(),
+    # ~10M: the CPU benchmark / scaled-down experiments.
+    "small": dict(hidden_size=256, intermediate_size=1024, num_layers=10, num_heads=8, num_kv_heads=2,
+                  head_dim=32),
+    # ~1M: CPU experiments and integration tests.
+    "tiny": dict(hidden_size=128, intermediate_size=384, num_layers=4, num_heads=4, num_kv_heads=2,
+                 head_dim=32),
+    # ~0.09M: the fastest unit tests.
+    "micro": dict(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                  head_dim=8),
+}
+
+
+def model_config(name: str = "paper100m", **overrides) -> ModelConfig:
+    """A preset (see PRESETS) with field overrides, validated."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown model preset {name!r}; expected one of {', '.join(PRESETS)}")
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ConfigError(f"unknown model field(s) {', '.join(unknown)}; expected some of {', '.join(sorted(fields))}")
+    return ModelConfig(**{**PRESETS[name], **overrides}).validate()
+
+
+def model_config_from_dict(d) -> ModelConfig:
+    """From a mapping / ml_collections ConfigDict: ``{"preset": "tiny", "num_layers": 2, ...}``.
+
+    ``preset`` (or ``name``) picks the base preset (default paper100m); other keys override fields.
+    ``None`` values are ignored (so a config can list a field without setting it).
+    """
+    if hasattr(d, "to_dict"):
+        d = d.to_dict()
+    d = dict(d)
+    name = d.pop("preset", None) or d.pop("name", None) or "paper100m"
+    d.pop("name", None)
+    return model_config(name, **{k: v for k, v in d.items() if v is not None})
+
+
+# ----------------------------------------------------------------------------------------- pieces
+
+
+def rms_norm(x, scale, eps):
+    """RMSNorm in fp32, result cast back to x.dtype (as HF Qwen2)."""
+    xf = x.astype(jnp.float32)
+    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    return (scale.astype(jnp.float32) * xf).astype(x.dtype)
+
+
+def rope_tables(positions_BxT, head_dim: int, theta: float):
+    """cos/sin [B, T, 1, Dh] in fp32 (HF "rotate_half" convention: halves, not interleaved)."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    angles = positions_BxT.astype(jnp.float32)[..., None] * inv_freq  # [B, T, Dh/2]
+    angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x_BxTxNxD, cos, sin):
+    half = x_BxTxNxD.shape[-1] // 2
+    xf = x_BxTxNxD.astype(jnp.float32)
+    rotated = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)
+    return (xf * cos + rotated * sin).astype(x_BxTxNxD.dtype)
+
+
+def segment_positions(segment_ids_BxT):
+    """Positions restarting at 0 at every change of segment id (packed documents)."""
+    t = jnp.arange(segment_ids_BxT.shape[1], dtype=jnp.int32)[None, :]
+    starts = jnp.concatenate(
+        [jnp.ones_like(segment_ids_BxT[:, :1], dtype=bool), segment_ids_BxT[:, 1:] != segment_ids_BxT[:, :-1]],
+        axis=1)
+    start_idx = jax.lax.cummax(jnp.where(starts, t, 0), axis=1)
+    return t - start_idx
+
+
+def _einsum_attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, mask_BxTxS):
+    """GQA attention without repeating K/V; fp32 softmax; fully masked rows give a uniform average."""
+    b, t, h, dh = q_BxTxHxD.shape
+    kv = k_BxSxKxD.shape[2]
+    q = q_BxTxHxD.reshape(b, t, kv, h // kv, dh)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k_BxSxKxD, preferred_element_type=jnp.float32)
+    scores = scores * (1.0 / math.sqrt(dh))
+    scores = jnp.where(mask_BxTxS[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v_BxSxKxD.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v_BxSxKxD)
+    return out.reshape(b, t, h, dh)
+
+
+def attention(q, k, v, mask_BxTxS, impl: str):
+    if impl == "auto":
+        impl = "jax" if jax.default_backend() == "gpu" else "einsum"
+    if impl == "jax":
+        return jax.nn.dot_product_attention(q, k, v, mask=mask_BxTxS[:, None, :, :])
+    return _einsum_attention(q, k, v, mask_BxTxS)
+
+
+def _normal(rngs: nnx.Rngs, shape, std, dtype):
+    return nnx.Param(std * jax.random.normal(rngs.params(), shape, jnp.float32).astype(dtype))
+
+
+# ----------------------------------------------------------------------------------------- modules
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        d, f, dh = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
+        h, k, std, pdt = cfg.num_heads, cfg.num_kv_heads, cfg.init_std, jnp.dtype(cfg.param_dtype)
+        self.cfg = cfg
+        self.attn_norm = nnx.Param(jnp.ones((d,), pdt))
+        self.q_kernel = _normal(rngs, (d, h, dh), std, pdt)
+        self.q_bias = nnx.Param(jnp.zeros((h, dh), pdt))
+        self.k_kernel = _normal(rngs, (d, k, dh), std, pdt)
+        self.k_bias = nnx.Param(jnp.zeros((k, dh), pdt))
+        self.v_kernel = _normal(rngs, (d, k, dh), std, pdt)
+        self.v_bias = nnx.Param(jnp.zeros((k, dh), pdt))
+        self.o_kernel = _normal(rngs, (h, dh, d), std, pdt)
+        self.mlp_norm = nnx.Param(jnp.ones((d,), pdt))
+        self.gate_kernel = _normal(rngs, (d, f), std, pdt)
+        self.up_kernel = _normal(rngs, (d, f), std, pdt)
+        self.down_kernel = _normal(rngs, (f, d), std, pdt)
+
+    def __call__(self, x_BxTxD, cos, sin, mask_BxTxS, kv_cache=None, cache_index=None):
+        """One block. Without a cache, keys = this chunk; with ``kv_cache=(k_BxSxKxD, v_BxSxKxD)`` the
+        chunk's k/v are written at ``cache_index`` and attention runs over all S slots.
+        Returns (x, (k_cache, v_cache) or None)."""
+        cfg, dt = self.cfg, self.cfg.compute_dtype
+        c = lambda p: p[...].astype(dt)  # noqa: E731
+        h = rms_norm(x_BxTxD, self.attn_norm[...], cfg.rms_norm_eps)
+        q = jnp.einsum("btd,dhk->bthk", h, c(self.q_kernel)) + c(self.q_bias)
+        k = jnp.einsum("btd,dhk->bthk", h, c(self.k_kernel)) + c(self.k_bias)
+        v = jnp.einsum("btd,dhk->bthk", h, c(self.v_kernel)) + c(self.v_bias)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        new_cache = None
+        if kv_cache is not None:
+            k_cache, v_cache = kv_cache
+            zero = jnp.zeros((), jnp.int32)
+            start = (zero, jnp.asarray(cache_index, jnp.int32), zero, zero)
+            k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), start)
+            v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), start)
+            new_cache = (k_cache, v_cache)
+            k, v = k_cache.astype(dt), v_cache.astype(dt)
+        a = attention(q, k, v, mask_BxTxS, cfg.attention)
+        x_BxTxD = x_BxTxD + jnp.einsum("bthk,hkd->btd", a, c(self.o_kernel))
+        h = rms_norm(x_BxTxD, self.mlp_norm[...], cfg.rms_norm_eps)
+        g = jnp.einsum("btd,df->btf", h, c(self.gate_kernel))
+        u = jnp.einsum("btd,df->btf", h, c(self.up_kernel))
+        x_BxTxD = x_BxTxD + jnp.einsum("btf,fd->btd", jax.nn.silu(g) * u, c(self.down_kernel))
+        return x_BxTxD, new_cache
+
+
+def _layer_call(layer, x, cos, sin, mask):
+    return layer(x, cos, sin, mask)[0]
+
+
+class Qwen2(nnx.Module):
+    """The decoder. ``model(tokens_BxT)`` -> fp32 logits [B, T, V]; with ``cache=`` -> (logits, cache)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        cfg.validate()
+        self.cfg = cfg
+        pdt = jnp.dtype(cfg.param_dtype)
+        self.embed = _normal(rngs, (cfg.vocab_size, cfg.hidden_size), cfg.init_std, pdt)
+        self.layers = nnx.List([DecoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+        self.final_norm = nnx.Param(jnp.ones((cfg.hidden_size,), pdt))
+        if not cfg.tie_embeddings:
+            self.lm_head = _normal(rngs, (cfg.hidden_size, cfg.vocab_size), cfg.init_std, pdt)
+
+    def __call__(self, tokens_BxT, *, positions_BxT=None, segment_ids_BxT=None, cache=None,
+                 cache_index=None):
+        """Forward pass.
+
+        Without ``cache``: causal attention over the chunk; with ``segment_ids_BxT`` attention stays
+        within equal ids and id 0 is padding (attends nowhere, ignored as a key). Positions default to
+        0..T-1, or restart at every segment change when segment ids are given.
+
+        With ``cache`` (from :func:`init_cache`): the chunk is written at slot ``cache_index``
+        (default ``cache["index"]``) — prefill a prompt with ``cache_index=0`` and T = prompt length,
+        then decode one token at a time. ``segment_ids_BxT`` here only marks validity (0 = pad, e.g.
+        left padding); positions default to each row's next position (``cache["pos"]`` + number of
+        valid tokens before it), so left-padded rows get RoPE positions 0.. from their first real
+        token. Returns (logits, new_cache).
+        """
+        cfg, dt = self.cfg, self.cfg.compute_dtype
+        tokens_BxT = jnp.asarray(tokens_BxT, jnp.int32)
+        b, t = tokens_BxT.shape
+        x = jnp.take(self.embed[...], tokens_BxT, axis=0).astype(dt)
+
+        if cache is None:
+            if segment_ids_BxT is None:
+                causal = jnp.tril(jnp.ones((t, t), bool))
+                mask = jnp.broadcast_to(causal, (b, t, t))
+                if positions_BxT is None:
+                    positions_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+            else:
+                seg = jnp.asarray(segment_ids_BxT, jnp.int32)
+                causal = jnp.tril(jnp.ones((t, t), bool))[None]
+                mask = causal & (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] != 0)
+                if positions_BxT is None:
+                    positions_BxT = segment_positions(seg)
+            cos, sin = rope_tables(positions_BxT, cfg.head_dim, cfg.rope_theta)
+            for layer in self.layers:
+                if cfg.remat:
+                    x = nnx.remat(_layer_call)(layer, x, cos, sin, mask)
+                else:
+                    x = layer(x, cos, sin, mask)[0]
+            return self._logits(x)
+        return self._cached_call(tokens_BxT, x, positions_BxT, segment_ids_BxT, cache, cache_index)
+
+    def _logits(self, x_BxTxD):
+        cfg = self.cfg
+        h = rms_norm(x_BxTxD, self.final_norm[...], cfg.rms_norm_eps)
+        if cfg.tie_embeddings:
+            w = self.embed[...].astype(h.dtype)
+            return jnp.einsum("btd,vd->btv", h, w, preferred_element_type=jnp.float32)
+        return jnp.einsum("btd,dv->btv", h, self.lm_head[...].astype(h.dtype), preferred_element_type=jnp.float32)
+
+    def _cached_call(self, tokens_BxT, x, positions_BxT, segment_ids_BxT, cache, cache_index):
+        cfg = self.cfg
+        b, t = tokens_BxT.shape
+        s = cache["k"].shape[2]
+        index = cache["index"] if cache_index is None else jnp.asarray(cache_index, jnp.int32)
+        if segment_ids_BxT is None:
+            new_valid = jnp.ones((b, t), bool)
+        else:
+            new_valid = jnp.asarray(segment_ids_BxT) != 0
+        if positions_BxT is None:
+            positions_BxT = cache["pos"][:, None] + jnp.cumsum(new_valid, axis=1, dtype=jnp.int32) - 1
+            positions_BxT = jnp.maximum(positions_BxT, 0)
+        valid = jax.lax.dynamic_update_slice(cache["valid"], new_valid, (jnp.zeros((), jnp.int32), index))
+        slots = jnp.arange(s, dtype=jnp.int32)
+        q_slots = index + jnp.arange(t, dtype=jnp.int32)
+        mask = valid[:, None, :] & (slots[None, None, :] <= q_slots[None, :, None])
+        cos, sin = rope_tables(positions_BxT, cfg.head_dim, cfg.rope_theta)
+        ks, vs = [], []
+        for i, layer in enumerate(self.layers):
+            x, (k_i, v_i) = layer(x, cos, sin, mask, kv_cache=(cache["k"][i], cache["v"][i]),
+                                  cache_index=index)
+            ks.append(k_i)
+            vs.append(v_i)
+        new_cache = dict(k=jnp.stack(ks), v=jnp.stack(vs), valid=valid,
+                         pos=cache["pos"] + jnp.sum(new_valid, axis=1, dtype=jnp.int32),
+                         index=index + t)
+        return self._logits(x), new_cache
+
+
+# ----------------------------------------------------------------------------------------- helpers
+
+
+def init_cache(cfg: ModelConfig, batch_size: int, max_len: int, dtype=None) -> dict:
+    """An empty KV cache (see module docstring for the layout); dtype defaults to cfg.dtype."""
+    dtype = jnp.dtype(dtype or cfg.dtype)
+    shape = (cfg.num_layers, batch_size, max_len, cfg.num_kv_heads, cfg.head_dim)
+    return dict(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+                valid=jnp.zeros((batch_size, max_len), bool),
+                pos=jnp.zeros((batch_size,), jnp.int32), index=jnp.zeros((), jnp.int32))
+
+
+def forward(graphdef, params, tokens_BxT, **kwargs):
+    """Pure functional forward for use inside ``jax.jit``: ``nnx.merge(graphdef, params)(tokens, ...)``."""
+    return nnx.merge(graphdef, params)(tokens_BxT, **kwargs)
+
+
+def init_model(cfg: ModelConfig, seed: int = 0) -> Qwen2:
+    return Qwen2(cfg, rngs=nnx.Rngs(params=seed))
+
+
+def abstract_model(cfg: ModelConfig) -> Qwen2:
+    """Shapes only (no memory), e.g. to count parameters or build shardings of the 100M model."""
+    return nnx.eval_shape(lambda: Qwen2(cfg, rngs=nnx.Rngs(params=0)))
+
+
+def count_params(model: nnx.Module) -> int:
+    return sum(int(x.size) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
