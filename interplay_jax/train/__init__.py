@@ -1,0 +1,1 @@
+"""Training pieces shared by every stage: optimizer (optim), pure steps (lm_step), mesh/sharding (sharding)."""

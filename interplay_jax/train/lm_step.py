@@ -1,0 +1,170 @@
+"""Pure, sharded next-token training and eval steps (SPEC §3-§4; issue 3 §3).
+
+Train state: a plain dict pytree ``{"step": int32 [], "params": nnx.State (Params only),
+"opt_state": optax state}``; the model's structure lives in a separate static ``graphdef`` and is
+rebuilt inside the jitted function with ``nnx.merge`` (functional split/merge: no NNX in-place
+mutation crosses the jit boundary).
+
+Batch: ``{"tokens": int32 [B, T], "segment_ids": int32 [B, T] (0 = pad, documents 1.. within a
+row), "positions": int32 [B, T] (optional)}``. Targets are ``tokens[:, 1:]``; a target counts iff
+``segment_ids[:, 1:] != 0`` and ``segment_ids[:, 1:] == segment_ids[:, :-1]`` (pads and the first
+token of the next packed document are excluded). ``document_mask=False`` is the original's plain
+causal attention over the packed row with positions 0..T-1 (batch positions unused);
+``document_mask=True`` passes segment ids (attention within a document) and the batch positions
+(if absent the model restarts positions at each document).
+
+Loss: mean token cross-entropy over counted targets of the whole (global) batch. With
+``grad_accum_steps = k`` the batch is split into k microbatches (row j goes to microbatch j mod k,
+so every device keeps its share) scanned with ``lax.scan``; summed gradients are divided by the total
+token count, i.e. exactly the gradient of the big batch's mean loss.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from interplay_jax.errors import ConfigError
+from interplay_jax.model.qwen2 import Qwen2
+from interplay_jax.train import sharding as shd
+
+
+# ------------------------------------------------------------------------------------------ state
+
+
+def _build(model_cfg, tx, seed):
+    model = Qwen2(model_cfg, rngs=nnx.Rngs(params=seed))
+    graphdef, params = nnx.split(model, nnx.Param)
+    return graphdef, dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def abstract_state(model_cfg, tx):
+    """(graphdef, state of ShapeDtypeStructs): shapes only, no memory."""
+    box = {}
+
+    def init():
+        graphdef, state = _build(model_cfg, tx, 0)
+        box["graphdef"] = graphdef
+        return state
+
+    abstract = jax.eval_shape(init)
+    return box["graphdef"], abstract
+
+
+def init_state(model_cfg, tx, seed: int, mesh):
+    """(graphdef, state) with every parameter and optimizer moment created already sharded."""
+    shd.check_divisibility(model_cfg, mesh)
+    graphdef, abstract = abstract_state(model_cfg, tx)
+    shardings = shd.state_shardings(abstract, mesh)
+    state = jax.jit(lambda: _build(model_cfg, tx, seed)[1], out_shardings=shardings)()
+    return graphdef, state
+
+
+def shardings_of(state):
+    """The sharding of every leaf of a (concrete) state: what make_lm_step wants."""
+    return jax.tree.map(lambda x: x.sharding, state)
+
+
+# ------------------------------------------------------------------------------------------ loss
+
+
+def token_nll(params, graphdef, batch, document_mask: bool = False):
+    """(nll [B, T-1] fp32 with uncounted targets zeroed, counted mask [B, T-1] bool)."""
+    tokens = jnp.asarray(batch["tokens"], jnp.int32)
+    seg = jnp.asarray(batch["segment_ids"], jnp.int32)
+    model = nnx.merge(graphdef, params)
+    if document_mask:
+        logits = model(tokens, positions_BxT=batch.get("positions"), segment_ids_BxT=seg)
+    else:
+        logits = model(tokens)
+    logits = logits[:, :-1].astype(jnp.float32)
+    targets = tokens[:, 1:]
+    counted = (seg[:, 1:] != 0) & (seg[:, 1:] == seg[:, :-1])
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    return jnp.where(counted, nll, 0.0), counted
+
+
+def lm_loss(params, graphdef, batch, document_mask: bool = False):
+    """(mean next-token loss, {"loss_sum": [], "tokens": []}) over the counted targets."""
+    nll, counted = token_nll(params, graphdef, batch, document_mask)
+    total, count = nll.sum(), counted.sum(dtype=jnp.int32)
+    return total / jnp.maximum(count, 1).astype(jnp.float32), dict(loss_sum=total, tokens=count)
+
+
+def _sum_loss(params, graphdef, batch, document_mask):
+    nll, counted = token_nll(params, graphdef, batch, document_mask)
+    return nll.sum(), counted.sum(dtype=jnp.int32)
+
+
+def split_microbatches(batch, k: int):
+    """[B, ...] -> [k, B/k, ...]; row r goes to microbatch r mod k (keeps each device's rows local)."""
+    def split(x):
+        b = x.shape[0]
+        return jnp.swapaxes(x.reshape((b // k, k) + x.shape[1:]), 0, 1)
+    return jax.tree.map(split, batch)
+
+
+# ------------------------------------------------------------------------------------------ steps
+
+
+def make_lm_step(graphdef, tx, schedule, *, mesh, state_shardings, grad_accum_steps: int = 1,
+                 document_mask: bool = False):
+    """``step(state, batch) -> (state, metrics)``, jitted once (state donated).
+
+    metrics (replicated jnp scalars): loss (mean over target tokens), lr (used by this update),
+    grad_norm (global, before clipping), tokens (target-token count).
+    """
+    k = int(grad_accum_steps)
+    if k < 1:
+        raise ConfigError(f"grad_accum_steps={grad_accum_steps} must be >= 1")
+    bsh = shd.batch_sharding(mesh)
+    dp = shd.batch_size_multiple(mesh)
+    param_sh = state_shardings["params"]
+    grad_fn = jax.value_and_grad(_sum_loss, has_aux=True)
+
+    def step(state, batch):
+        params = state["params"]
+        b = batch["tokens"].shape[0]
+        if b % (dp * k):  # trace-time check (Python), before anything is compiled
+            raise ConfigError(f"batch={b} does not divide by mesh data x fsdp={dp} x grad_accum_steps={k}")
+        if k == 1:
+            (loss_sum, count), grad_sum = grad_fn(params, graphdef, batch, document_mask)
+        else:
+            micro = split_microbatches(batch, k)
+
+            def body(carry, mb):
+                g_acc, l_acc, c_acc = carry
+                mb = jax.lax.with_sharding_constraint(mb, bsh)
+                (l, c), g = grad_fn(params, graphdef, mb, document_mask)
+                g_acc = jax.tree.map(jnp.add, g_acc, g)
+                g_acc = jax.lax.with_sharding_constraint(g_acc, param_sh)
+                return (g_acc, l_acc + l, c_acc + c), None
+
+            zeros = jax.tree.map(jnp.zeros_like, params)
+            init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
+            (grad_sum, loss_sum, count), _ = jax.lax.scan(body, init, micro)
+        denom = jnp.maximum(count, 1).astype(jnp.float32)
+        grads = jax.tree.map(lambda g: g / denom, grad_sum)
+        updates, opt_state = tx.update(grads, state["opt_state"], params)
+        new_state = dict(step=state["step"] + 1, params=optax.apply_updates(params, updates),
+                         opt_state=opt_state)
+        metrics = dict(loss=loss_sum / denom, lr=jnp.asarray(schedule(state["step"]), jnp.float32),
+                       grad_norm=optax.global_norm(grads), tokens=count)
+        return new_state, metrics
+
+    return jax.jit(step, in_shardings=(state_shardings, bsh),
+                   out_shardings=(state_shardings, shd.replicated(mesh)), donate_argnums=0)
+
+
+def make_eval_step(graphdef, *, mesh, param_shardings, document_mask: bool = False):
+    """``eval_step(params, batch) -> {"loss_sum": [B], "tokens": [B]}`` (fp32 / int32, replicated).
+
+    Per-example sums so a caller can bucket held-out loss by op (mean = sum(loss_sum)/sum(tokens)).
+    """
+    def evaluate(params, batch):
+        nll, counted = token_nll(params, graphdef, batch, document_mask)
+        return dict(loss_sum=nll.sum(axis=1), tokens=counted.sum(axis=1, dtype=jnp.int32))
+
+    return jax.jit(evaluate, in_shardings=(param_shardings, shd.batch_sharding(mesh)),
+                   out_shardings=shd.replicated(mesh))
