@@ -195,10 +195,25 @@ def restore_params(run_dir_or_ckpt, target=None, step: int | None = None, key: s
     return out[key], run_dir, step
 
 
+def _path_name(path) -> str:
+    """A container-independent leaf name: nnx.State ``['layers'][0]['q'].value`` and the plain dict
+    restored without a target ``['layers']['0']['q']['value']`` both become ``layers/0/q/value``."""
+    parts = []
+    for k in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                parts.append(str(getattr(k, attr)))
+                break
+        else:
+            parts.append(str(k))
+    return "/".join(parts)
+
+
 def params_digest(params) -> str:
-    """sha256 over sorted (leaf path, dtype, shape, bytes): equal params give equal digests."""
+    """sha256 over sorted (leaf path, dtype, shape, bytes): equal params give equal digests
+    (whatever the container: nnx.State, nested dicts, sharded or host arrays)."""
     leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-    items = sorted((jax.tree_util.keystr(path), leaf) for path, leaf in leaves)
+    items = sorted(((_path_name(path), leaf) for path, leaf in leaves), key=lambda t: t[0])
     h = hashlib.sha256()
     for name, leaf in items:
         arr = np.ascontiguousarray(np.asarray(jax.device_get(leaf)))
