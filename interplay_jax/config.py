@@ -21,7 +21,20 @@ def require(cond: bool, message: str) -> None:
 
 
 def _validate_generate(config) -> None:
-    pass
+    from interplay_jax.task.mixture import get_mixture
+
+    for key in ("workdir", "seed", "mixture", "splits", "shard_size"):
+        require(key in config, f"generate config has no {key!r} field")
+    require(bool(str(config.workdir)), "generate: workdir must be a non-empty path")
+    require(isinstance(config.seed, int), f"generate: seed must be an integer, got {config.seed!r}")
+    require(isinstance(config.shard_size, int) and config.shard_size > 0,
+            f"generate: shard_size must be a positive integer, got {config.shard_size!r}")
+    splits = config.splits.to_dict() if hasattr(config.splits, "to_dict") else dict(config.splits)
+    require(len(splits) > 0, "generate: splits is empty; give e.g. {'train': 1000}")
+    for name, size in splits.items():
+        require(isinstance(size, int) and size >= 0, f"generate: split {name!r} size must be an integer >= 0, got {size!r}")
+    mixture = config.mixture.to_dict() if hasattr(config.mixture, "to_dict") else config.mixture
+    get_mixture(mixture, modes=tuple(config.get("modes", ("normalforward",))))
 
 
 def _validate_tokenizer(config) -> None:

@@ -1,0 +1,166 @@
+"""Dataset writer (JSONL shards in the published schema) and a checked JSONL reader.
+
+Layout: ``{out_dir}/{split}/op{op}/shard-{k:05d}.jsonl`` plus ``{out_dir}/manifest.json``.
+A split's records are ``mixture.record(split_seed, i)`` for i = 0, 1, 2, ... (``split_seed`` is
+derived from the run seed and the split name); a record is kept unless its content hash
+(problem, question, solution) was already kept in this split or in any split written before it,
+so splits are disjoint by hash and deduplicated. Splits are written in the order given: put the
+small held-out / eval splits first, the big train split last.
+
+Shard k holds the next ``shard_size`` kept records. Its files are written to temporary names and
+renamed, then the manifest (also renamed atomically) records the shard as done with the stream
+position where it ended. A rerun skips done shards, rebuilds the seen-hash set from their files, and
+regenerates an unfinished shard from its recorded start: nothing lost or doubled.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+from interplay_jax.errors import DataError
+from interplay_jax.task.generator import content_hash, stable_rng
+
+FIELDS = ("problem", "question", "solution", "op", "id", "template", "mode", "length", "d")
+REQUIRED = ("problem", "question", "solution", "op", "template", "mode")
+MANIFEST = "manifest.json"
+
+
+def record_key(record: dict) -> str:
+    return content_hash(record["problem"], record["question"], record["solution"])
+
+
+def read_jsonl(path, required=REQUIRED):
+    """Yield records of a JSONL file; raise DataError "file:line: reason" on a bad line."""
+    path = str(path)
+    try:
+        f = open(path, encoding="utf-8")
+    except OSError as e:
+        raise DataError(f"{path}: cannot open ({e.strerror})") from None
+    with f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise DataError(f"{path}:{n}: invalid JSON ({getattr(e, 'msg', e)})") from None
+            if not isinstance(rec, dict):
+                raise DataError(f"{path}:{n}: expected a JSON object, got {type(rec).__name__}")
+            missing = [k for k in required if k not in rec]
+            if missing:
+                raise DataError(f"{path}:{n}: missing field(s) {', '.join(missing)}")
+            if not isinstance(rec["op"], int) or isinstance(rec["op"], bool):
+                raise DataError(f"{path}:{n}: field 'op' must be an integer, got {rec['op']!r}")
+            for k in ("problem", "question", "solution"):
+                if not isinstance(rec[k], str):
+                    raise DataError(f"{path}:{n}: field {k!r} must be a string")
+            yield rec
+
+
+def split_seed(seed: int, split: str) -> int:
+    return stable_rng("interplay_jax.writer.split", seed, split).getrandbits(62)
+
+
+def _atomic_write(path: pathlib.Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _load_manifest(out: pathlib.Path, settings: dict) -> dict:
+    path = out / MANIFEST
+    if not path.exists():
+        return {"settings": settings, "splits": {}}
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: invalid manifest ({e.msg}); delete the directory to regenerate") from None
+    if manifest.get("settings") != settings:
+        raise DataError(f"{path}: written with other settings {manifest.get('settings')}; "
+                        f"use a new output directory or delete this one")
+    return manifest
+
+
+def _shard_files(out: pathlib.Path, split: str, k: int) -> list[pathlib.Path]:
+    return sorted((out / split).glob(f"op*/shard-{k:05d}.jsonl"))
+
+
+def write_dataset(out_dir, mixture, splits: dict, seed: int = 0, shard_size: int = 10_000,
+                  progress: bool = True, max_draws_factor: int = 50, _fail_after_shards: int | None = None):
+    """Write ``splits`` ({name: n_records}, in order) drawn from ``mixture`` into ``out_dir``.
+
+    Returns the manifest dict. ``_fail_after_shards`` (tests) raises after that many new shards.
+    """
+    from tqdm import tqdm
+
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {"mixture": repr(mixture), "seed": int(seed), "shard_size": int(shard_size),
+                "splits": [[str(k), int(v)] for k, v in splits.items()]}
+    manifest = _load_manifest(out, settings)
+    seen: set[str] = set()
+    new_shards = 0
+    for split, size in splits.items():
+        size = int(size)
+        sseed = split_seed(seed, split)
+        info = manifest["splits"].setdefault(split, {"seed": sseed, "size": size, "shards": []})
+        done = info["shards"]
+        # rebuild the seen set from finished shards (this split's and the earlier splits')
+        for sh in done:
+            for f in _shard_files(out, split, sh["index"]):
+                for rec in read_jsonl(f):
+                    seen.add(rec.get("id") or record_key(rec))
+        kept = sum(sh["count"] for sh in done)
+        pos = done[-1]["end"] if done else 0
+        bar = tqdm(total=size, initial=kept, desc=f"generate {split}", unit="rec", disable=not progress)
+        max_draws = max(1000, max_draws_factor * size)
+        while kept < size:
+            k = len(done)
+            # clear leftovers of an interrupted attempt at this shard
+            for f in _shard_files(out, split, k):
+                f.unlink()
+            for f in (out / split).glob(f"op*/shard-{k:05d}.jsonl.tmp"):
+                f.unlink()
+            want = min(shard_size, size - kept)
+            start = pos
+            by_op: dict[int, list[str]] = {}
+            got = 0
+            shard_seen = []
+            while got < want:
+                if pos >= max_draws:
+                    raise DataError(f"split {split!r}: only {kept + got} unique records after {pos} draws "
+                                    f"(asked for {size}); the mixture is too small for this size")
+                rec = mixture.record(sseed, pos)
+                pos += 1
+                key = rec["id"]
+                if key in seen:
+                    continue
+                seen.add(key)
+                shard_seen.append(key)
+                by_op.setdefault(rec["op"], []).append(json.dumps(rec, ensure_ascii=False))
+                got += 1
+            for op, lines in sorted(by_op.items()):
+                d = out / split / f"op{op}"
+                d.mkdir(parents=True, exist_ok=True)
+                _atomic_write(d / f"shard-{k:05d}.jsonl", "\n".join(lines) + "\n")
+            done.append({"index": k, "start": start, "end": pos, "count": got})
+            _atomic_write(out / MANIFEST, json.dumps(manifest, indent=1))
+            kept += got
+            bar.update(got)
+            new_shards += 1
+            if _fail_after_shards is not None and new_shards >= _fail_after_shards:
+                raise KeyboardInterrupt("simulated interruption")
+        bar.close()
+    _atomic_write(out / MANIFEST, json.dumps(manifest, indent=1))
+    return manifest
+
+
+def iter_split(out_dir, split: str):
+    """All records of one written split (shard order, then op order)."""
+    for f in sorted((pathlib.Path(out_dir) / split).glob("op*/shard-*.jsonl"),
+                    key=lambda p: (p.name, int(p.parent.name[2:]))):
+        yield from read_jsonl(f)
