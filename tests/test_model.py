@@ -25,6 +25,15 @@ def micro():
     return cfg, init_model(cfg, seed=0)
 
 
+_JIT_FORWARD = jax.jit(forward, static_argnums=0)
+
+
+def run(model, tokens, **kwargs):
+    """model(tokens, **kwargs), jitted (eager NNX calls are slow on 2 cores)."""
+    graphdef, params = nnx.split(model, nnx.Param)
+    return _JIT_FORWARD(graphdef, params, tokens, **kwargs)
+
+
 def _tokens(b, t, seed=1, vocab=2200):
     return jax.random.randint(jax.random.key(seed), (b, t), 0, vocab, dtype=jnp.int32)
 
@@ -74,7 +83,7 @@ def test_causal(micro):
     cfg, model = micro
     tok = _tokens(2, 12)
     changed = tok.at[:, 8].set((tok[:, 8] + 1) % cfg.vocab_size)
-    a, b = model(tok), model(changed)
+    a, b = run(model, tok), run(model, changed)
     assert a.shape == (2, 12, cfg.vocab_size) and a.dtype == jnp.float32
     np.testing.assert_allclose(a[:, :8], b[:, :8], atol=1e-6)
     assert np.abs(np.asarray(a[:, 8:] - b[:, 8:])).max() > 1e-4
@@ -85,12 +94,12 @@ def test_document_masking_packed_equals_separate(micro):
     d1, d2 = _tokens(1, 5, seed=2), _tokens(1, 7, seed=3)
     packed = jnp.concatenate([d1, d2, jnp.ones((1, 3), jnp.int32)], axis=1)  # + 3 pads
     seg = jnp.array([[1] * 5 + [2] * 7 + [0] * 3], jnp.int32)
-    out = model(packed, segment_ids_BxT=seg)
-    np.testing.assert_allclose(out[:, :5], model(d1), atol=1e-5)
-    np.testing.assert_allclose(out[:, 5:12], model(d2), atol=1e-5)
+    out = run(model, packed, segment_ids_BxT=seg)
+    np.testing.assert_allclose(out[:, :5], run(model, d1), atol=1e-5)
+    np.testing.assert_allclose(out[:, 5:12], run(model, d2), atol=1e-5)
     assert np.isfinite(np.asarray(out)).all()
     # Without masking the second document sees the first.
-    assert np.abs(np.asarray(model(packed)[:, 5:12] - model(d2))).max() > 1e-4
+    assert np.abs(np.asarray(run(model, packed)[:, 5:12] - run(model, d2))).max() > 1e-4
 
 
 @pytest.mark.parametrize("attention", ["einsum", "jax"])
@@ -118,13 +127,13 @@ def test_cache_decode_equals_full_forward_with_left_padding(attention):
         nxt = jnp.argmax(logits[:, 0], axis=-1)
     # Each row's full forward (no padding, no cache) agrees with the cached logits.
     for i in range(b):
-        full = model(jnp.array([seqs[i]], jnp.int32))[0]
+        full = run(model, jnp.array([seqs[i]], jnp.int32))[0]
         n = lengths[i]
         for j, lg in enumerate(steps_logits):
             np.testing.assert_allclose(lg[i], full[n - 1 + j], atol=1e-5, rtol=0)
         assert [int(x) for x in jnp.argmax(full[n - 1:], axis=-1)[:5]] == seqs[i][n:]
     # The same batch through the full forward with left padding (segment ids) agrees too.
-    full_padded = model(prompt, segment_ids_BxT=valid, positions_BxT=jnp.maximum(jnp.cumsum(valid, 1) - 1, 0))
+    full_padded = run(model, prompt, segment_ids_BxT=valid, positions_BxT=jnp.maximum(jnp.cumsum(valid, 1) - 1, 0))
     for i in range(b):
         np.testing.assert_allclose(full_padded[i, -1], steps_logits[0][i], atol=1e-5, rtol=0)
 
@@ -135,7 +144,7 @@ def test_bf16_compute_close_to_fp32():
     bf = Qwen2(model_config("micro", dtype="bfloat16"), rngs=nnx.Rngs(params=0))
     nnx.update(bf, nnx.state(model, nnx.Param))
     tok = _tokens(2, 16)
-    a, b = model(tok), bf(tok)
+    a, b = run(model, tok), run(bf, tok)
     assert b.dtype == jnp.float32
     assert bf.embed[...].dtype == jnp.float32  # params stay fp32
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=5e-2)
