@@ -45,8 +45,24 @@ def _main(argv):
         sys.exit(130)
 
 
+def _parse_flags(argv):
+    """absl's flag parsing, but a bad --config (unknown key such as --config.optimizer.lrr=1, a
+    value of the wrong type, an unknown preset) is one line on stderr and exit 2."""
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+        text = str(e).encode().decode("unicode_escape") if "\\n" in str(e) else str(e)
+        lines = [ln.strip(" '\"") for ln in text.splitlines() if ln.strip(" '\"")]
+        if isinstance(e, (AttributeError, KeyError)):
+            msg = f"unknown config key {lines[0]!r}" + (f" ({lines[1]})" if len(lines) > 1 else "")
+        else:
+            msg = lines[-1] if lines else type(e).__name__
+        print(f"error: bad --config: {msg}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main():
-    app.run(_main)
+    app.run(_main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":
