@@ -328,12 +328,16 @@ def _evaluate(nodes, order, unknown, x_value):
                     acc = (a0 - a1, b0 - b1)
                 else:
                     acc = (sum(v[0] for v in vals), sum(v[1] for v in vals))
+                if node.rng and (acc[0] < 0 or acc[0] * x_value + acc[1] <= 0):
+                    raise _Retry    # the intermediate (e.g. a difference) must be positive too
                 if node.rng and node.rop == "plus":
                     acc = (acc[0], acc[1] + node.k)
                 elif node.rng:
                     acc = (acc[0] * node.k, acc[1] * node.k)
             else:
                 acc = vals[0] - vals[1] if node.combine == "diff" else sum(vals)
+                if node.rng and acc <= 0:
+                    raise _Retry
                 if node.rng:
                     acc = acc + node.k if node.rop == "plus" else acc * node.k
             node.value = acc
