@@ -168,25 +168,21 @@ _UNKNOWN = "unknown"
 _NONE, _UNK, _INT, _EXPR = 0, 1, 2, 3
 
 
+_CLAUSE = re.compile(r"(?:^|;)\s*(?:so )?\s*(?:([A-Za-z])\s*=([^;=]*)([^;]*)|(%s)\s*(?=;|$))"
+                     % re.escape(UNKNOWN_PHRASE))
+
+
 def _static_clauses(body: str):
+    """``[(target, e1 letters, final value spec)]`` for the well-formed clauses of a step body."""
     clauses = []
-    for n_clause, clause in enumerate(body.split(";")):
-        if n_clause >= MAX_CLAUSES:
+    for target, first, rest, unknown in _CLAUSE.findall(body):
+        if len(clauses) >= MAX_CLAUSES:
             break
-        clause = clause.strip()
-        if clause.startswith("so "):
-            clause = clause[3:]
-        if clause == UNKNOWN_PHRASE:
+        if unknown:
             clauses.append((None, _UNKNOWN, None))
             continue
-        parts = clause.split("=")
-        if len(parts) < 2:
-            continue
-        target = parts[0].strip()
-        if len(target) != 1 or not target.isalpha():
-            continue
-        letters = tuple(dict.fromkeys(_LETTERS.findall(parts[1][:MAX_SEGMENT])))
-        segment = parts[-1].strip()
+        letters = tuple(dict.fromkeys(_LETTERS.findall(first[:MAX_SEGMENT])))
+        segment = (rest.rpartition("=")[2] if rest else first).strip()
         if segment.isdigit():
             value = int(segment) if len(segment) <= MAX_DIGITS else None
         elif not segment or len(segment) > MAX_SEGMENT:
