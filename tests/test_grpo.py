@@ -1,0 +1,250 @@
+"""GRPO losses (hand-computed values and gradients), the jitted step, and a toy task that RL solves."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from interplay_jax.model.qwen2 import Qwen2, model_config
+from interplay_jax.rl import grpo
+from interplay_jax.rl.sampler import Sampler
+
+
+# ------------------------------------------------------------------------------------------ advantages
+
+
+def test_group_advantages_hand_values():
+    r = np.array([1, 0, 0, 0, 1, 1, 1, 1, 3, 1, 2, 0], np.float32)
+    a = grpo.group_advantages(r, 4)
+    # group 0: mean .25, unbiased std sqrt(.75/3) = .5
+    np.testing.assert_allclose(a[:4], np.array([.75, -.25, -.25, -.25]) / (.5 + 1e-6), rtol=1e-6)
+    np.testing.assert_allclose(a[4:8], 0.0)  # all equal -> no signal
+    std = math.sqrt((2.25 + .25 + .25 + 2.25) / 3)
+    np.testing.assert_allclose(a[8:], (np.array([3, 1, 2, 0]) - 1.5) / (std + 1e-6), rtol=1e-6)
+    dr = grpo.group_advantages(r, 4, std_normalize=False)
+    np.testing.assert_allclose(dr[:4], [.75, -.25, -.25, -.25], rtol=1e-6)
+    # jax input gives the same numbers
+    np.testing.assert_allclose(np.asarray(grpo.group_advantages(jnp.asarray(r), 4)), a, rtol=1e-6)
+    np.testing.assert_allclose(grpo.group_advantages(np.array([1., 0.]), 1), 0.0)
+    with pytest.raises(ValueError):
+        grpo.group_advantages(r, 5)
+
+
+# ---------------------------------------------------------------------------------------- policy loss
+
+
+def test_policy_loss_clip_and_dual_clip_hand_values():
+    ratio = np.array([1.0, 1.5, 0.5, 0.5, 5.0, 2.0, 1.1], np.float32)
+    adv = np.array([1.0, 1.0, 1.0, -1.0, -1.0, -1.0, -2.0], np.float32)
+    old = np.zeros_like(ratio)
+    loss, clipped, dual = grpo.policy_loss_terms(jnp.log(ratio), old, adv, 0.2, 3.0)
+    # 1.0/A=1: -1 | 1.5/A=1: max(-1.5,-1.2)=-1.2 clipped | 0.5/A=1: max(-.5,-.8)=-.5
+    # 0.5/A=-1: max(.5,.8)=.8 clipped | 5/A=-1: max(5,1.2)=5 -> dual min(5,3)=3
+    # 2/A=-1: max(2,1.2)=2 < 3 | 1.1/A=-2: max(2.2, 2.2)=2.2 (inside the band)
+    np.testing.assert_allclose(loss, [-1.0, -1.2, -0.5, 0.8, 3.0, 2.0, 2.2], rtol=1e-6)
+    np.testing.assert_array_equal(clipped, [0, 1, 0, 1, 0, 0, 0])
+    np.testing.assert_array_equal(dual, [0, 0, 0, 0, 1, 0, 0])
+    # without dual clip the 5x ratio token keeps its full loss
+    loss_nd, _, dual_nd = grpo.policy_loss_terms(jnp.log(ratio), old, adv, 0.2, 0.0)
+    assert float(loss_nd[4]) == pytest.approx(5.0) and float(dual_nd.sum()) == 0
+
+
+def test_kl_k3_hand_values():
+    logp = jnp.array([-1.0, -2.0, -0.5])
+    ref = jnp.array([-1.0, -1.0, -1.5])
+    d = np.array([0.0, 1.0, -1.0])
+    np.testing.assert_allclose(grpo.kl_k3(logp, ref), np.exp(d) - d - 1, rtol=1e-6)
+    assert float(grpo.kl_k3(logp, ref)[0]) == 0.0
+
+
+def test_token_weights_variants():
+    mask = jnp.array([[0, 1, 1, 1], [0, 1, 0, 0], [0, 0, 0, 0]], jnp.int32)  # third row = padding row
+    w = grpo.token_weights(mask, "token-mean")
+    np.testing.assert_allclose(w, np.asarray(mask) / 4.0)
+    w = grpo.token_weights(mask, "seq-mean-token-mean")
+    np.testing.assert_allclose(w, [[0, 1 / 6, 1 / 6, 1 / 6], [0, .5, 0, 0], [0, 0, 0, 0]], rtol=1e-6)
+    w = grpo.token_weights(mask, "dr_grpo", dr_grpo_constant=8.0)
+    np.testing.assert_allclose(w, np.asarray(mask) / 16.0)
+    with pytest.raises(ValueError):
+        grpo.token_weights(mask, "sum")
+
+
+def _hand_batch():
+    # 2 rows, T = 4; tokens 2..3 are the response of row 0, token 3 of row 1.
+    mask = np.array([[0, 0, 1, 1], [0, 0, 0, 1]], np.float32)
+    old = np.array([[0, -1.0, -1.0, -2.0], [0, -1.0, -1.0, -1.0]], np.float32)
+    logp = old + np.array([[0, 0, np.log(1.5), np.log(0.9)], [0, 0, 0, np.log(5.0)]], np.float32)
+    ref = np.array([[0, 0, -0.5, -2.5], [0, 0, 0, -1.0]], np.float32)
+    adv = np.array([1.0, -1.0], np.float32)
+    ent = np.array([[0, 0, 0.7, 0.3], [0, 0, 0, 0.2]], np.float32)
+    batch = {"old_logprobs": jnp.asarray(old), "advantages": jnp.asarray(adv), "response_mask": jnp.asarray(mask),
+             "ref_logprobs": jnp.asarray(ref)}
+    return batch, jnp.asarray(logp), jnp.asarray(ent), mask, ref, adv
+
+
+@pytest.mark.parametrize("agg", grpo.LOSS_AGGS)
+def test_grpo_loss_and_gradient_hand_values(agg):
+    batch, logp, ent, mask, ref, adv = _hand_batch()
+    cfg = grpo.GRPOConfig(kl_coef=0.1, entropy_coef=0.01, loss_agg=agg, dr_grpo_constant=4.0)
+    w = np.asarray(grpo.token_weights(batch["response_mask"], agg, 4.0))
+    if agg == "token-mean":
+        expect_w = mask / 3
+    elif agg == "seq-mean-token-mean":
+        expect_w = mask / np.array([[2 * 2], [1 * 2]])
+    else:
+        expect_w = mask / (4.0 * 2)
+    np.testing.assert_allclose(w, expect_w, rtol=1e-6)
+    # per-token policy loss by hand: row0 t2 ratio 1.5 A=1 -> -1.2 (clipped, grad 0);
+    # row0 t3 ratio .9 A=1 -> -.9 (grad -A*ratio = -.9); row1 t3 ratio 5 A=-1 -> dual clip 3 (grad 0)
+    pg_tok = np.array([[0, 0, -1.2, -0.9], [0, 0, 0, 3.0]])
+    dpg = np.array([[0, 0, 0, -0.9], [0, 0, 0, 0]])
+    d = ref - np.asarray(logp)
+    kl_tok = np.exp(d) - d - 1
+    dkl = 1 - np.exp(d)
+    expect_loss = np.sum(w * pg_tok) + 0.1 * np.sum(w * kl_tok) - 0.01 * np.sum(w * np.asarray(ent))
+    loss, aux = grpo.grpo_loss_from_logprobs(logp, ent, batch, jnp.asarray(w), cfg)
+    assert float(loss) == pytest.approx(expect_loss, rel=1e-5)
+    assert float(aux["pg_loss"]) == pytest.approx(np.sum(w * pg_tok), rel=1e-5)
+    assert float(aux["clipfrac_tokensum"]) == 1.0 and float(aux["dualclip_tokensum"]) == 1.0
+    assert float(aux["tokens"]) == 3.0
+    g_logp, g_ent = jax.grad(lambda lp, e: grpo.grpo_loss_from_logprobs(lp, e, batch, jnp.asarray(w), cfg)[0],
+                             argnums=(0, 1))(logp, ent)
+    np.testing.assert_allclose(g_logp, w * (dpg + 0.1 * dkl), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(g_ent, -0.01 * w, rtol=1e-5, atol=1e-9)
+
+
+def test_kl_coef_zero_needs_no_reference():
+    batch, logp, ent, *_ = _hand_batch()
+    del batch["ref_logprobs"]
+    cfg = grpo.GRPOConfig(kl_coef=0.0)
+    loss, aux = grpo.grpo_loss_from_logprobs(logp, ent, batch, grpo.token_weights(batch["response_mask"]), cfg)
+    assert "kl" not in aux and np.isfinite(float(loss))
+
+
+def test_token_logprobs_match_log_softmax():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 5, 7)).astype(np.float32)
+    tokens = rng.integers(0, 7, size=(2, 5))
+    logp, ent = grpo.token_logprobs(jnp.asarray(logits), jnp.asarray(tokens), temperature=2.0)
+    ls = logits / 2.0
+    ls = ls - np.log(np.exp(ls).sum(-1, keepdims=True))
+    expect = np.take_along_axis(ls[:, :-1], tokens[:, 1:, None], -1)[..., 0]
+    np.testing.assert_allclose(logp[:, 1:], expect, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(logp[:, 0], 0.0)
+    np.testing.assert_allclose(ent[:, 1:], -(np.exp(ls) * ls).sum(-1)[:, :-1], rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------- the step
+
+
+V = 16
+TARGET = 7
+
+
+def _micro_model(seed=0):
+    cfg = model_config("micro", vocab_size=V, num_layers=1, max_position_embeddings=64)
+    return Qwen2(cfg, rngs=nnx.Rngs(params=seed))
+
+
+def _state(params, tx):
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+
+
+def _random_rollouts(n_rows=8, seed=0):
+    rng = np.random.default_rng(seed)
+    prompts = [list(rng.integers(4, V, size=rng.integers(2, 5))) for _ in range(n_rows // 2)]
+    resp = rng.integers(4, V, size=(n_rows, 5))
+    lengths = rng.integers(1, 6, size=n_rows)
+    batch = grpo.assemble_rollouts(prompts, resp, lengths, np.repeat(np.arange(n_rows // 2), 2), prompt_len=4)
+    batch["advantages"] = grpo.group_advantages(rng.normal(size=n_rows).astype(np.float32), 2)
+    return batch
+
+
+def test_assemble_rollouts_layout():
+    b = grpo.assemble_rollouts([[5, 6], [7, 8, 9]], np.array([[10, 11, 3], [12, 3, 1]]), [3, 2], [0, 1],
+                               prompt_len=4, pad_id=1, num_rows=3)
+    np.testing.assert_array_equal(b["tokens"], [[1, 1, 5, 6, 10, 11, 3], [1, 7, 8, 9, 12, 3, 1], [1] * 7])
+    np.testing.assert_array_equal(b["valid_mask"], [[0, 0, 1, 1, 1, 1, 1], [0, 1, 1, 1, 1, 1, 0], [0] * 7])
+    np.testing.assert_array_equal(b["response_mask"], [[0, 0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 1, 1, 0], [0] * 7])
+
+
+def test_step_first_minibatch_has_ratio_one_and_micro_batches_are_exact():
+    model = _micro_model()
+    graphdef, params = nnx.split(model, nnx.Param)
+    tx = optax.sgd(0.1)
+    batch = _random_rollouts()
+    ref_fn = grpo.make_logprob_fn(graphdef)
+    ref = ref_fn(params, batch["tokens"], batch["valid_mask"])
+    # reference = a perturbed copy so the KL term is non-trivial
+    batch["ref_logprobs"] = np.asarray(ref) - 0.1 * np.asarray(batch["response_mask"])
+    cfg = grpo.GRPOConfig(kl_coef=0.05)
+
+    step = grpo.make_grpo_step(graphdef, tx, cfg, num_minibatches=1, donate=False)
+    s1, m1 = step(_state(params, tx), batch)
+    assert float(m1["ratio_mean"]) == pytest.approx(1.0, abs=1e-5)
+    assert float(m1["clip_frac"]) == 0.0
+    # at ratio 1: pg_loss = -sum_t w_t A_row (token-mean)
+    mask = batch["response_mask"].astype(np.float32)
+    expect_pg = -np.sum(mask * batch["advantages"][:, None]) / mask.sum()
+    assert float(m1["pg_loss"]) == pytest.approx(expect_pg, abs=1e-5)
+    d = -0.1
+    assert float(m1["kl"]) == pytest.approx(math.exp(d) - d - 1, rel=1e-4)
+    assert int(s1["step"]) == 1
+    # gradient equals jax.grad of the plain loss written out here
+    def plain_loss(p):
+        logp, _ = grpo._forward_logprobs(graphdef, p, {k: jnp.asarray(v) for k, v in batch.items()}, 1.0)
+        logp_old = jax.lax.stop_gradient(logp)
+        ratio = jnp.exp(logp - logp_old)
+        w = mask / mask.sum()
+        dk = batch["ref_logprobs"] - logp
+        return jnp.sum(w * (-batch["advantages"][:, None] * ratio)) + 0.05 * jnp.sum(w * (jnp.exp(dk) - dk - 1))
+    g = jax.grad(plain_loss)(params)
+    assert float(m1["grad_norm"]) == pytest.approx(float(optax.tree.norm(g)), rel=1e-4)
+    expect_params = jax.tree.map(lambda p, gi: p - 0.1 * gi, params, g)
+    for a, b in zip(jax.tree.leaves(s1["params"]), jax.tree.leaves(expect_params)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+    # two mini-batches, with and without micro-batches: identical results
+    step2 = grpo.make_grpo_step(graphdef, tx, cfg, num_minibatches=2, donate=False)
+    step2m = grpo.make_grpo_step(graphdef, tx, cfg, num_minibatches=2, micro_batch_size=2, donate=False)
+    s2, m2 = step2(_state(params, tx), batch)
+    s2m, m2m = step2m(_state(params, tx), batch)
+    for a, b in zip(jax.tree.leaves(s2["params"]), jax.tree.leaves(s2m["params"])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert float(m2["loss"]) == pytest.approx(float(m2m["loss"]), rel=1e-4)
+    # the second mini-batch sees updated params, so its ratio moves off 1
+    assert float(m2["ratio_mean"]) != pytest.approx(1.0, abs=1e-7)
+
+
+def _toy_reward(completions):
+    return np.array([1.0 if c and c[0] == TARGET else 0.0 for c in completions], np.float32)
+
+
+def test_toy_task_reward_rises_from_below_10_to_above_90_percent():
+    """Reward = the first generated token is TARGET. A fresh micro model emits it ~1/V of the time."""
+    model = _micro_model(seed=1)
+    graphdef, params = nnx.split(model, nnx.Param)
+    sampler = Sampler(model, pad_id=1)
+    tx = optax.adam(3e-2)
+    n, prompts = 8, [[4, 5], [6, 7, 8], [9], [10, 11]]
+    cfg = grpo.GRPOConfig(kl_coef=0.0)
+    step = grpo.make_grpo_step(graphdef, tx, cfg, num_minibatches=2)
+    state = _state(params, tx)
+    key = jax.random.key(0)
+    history = []
+    for it in range(40):
+        res = sampler.sample(state["params"], prompts, n=n, max_new_tokens=3, temperature=1.0,
+                             key=jax.random.fold_in(key, it))
+        reward = _toy_reward(res.completions())
+        history.append(float(reward.mean()))
+        if it >= 5 and np.mean(history[-3:]) > 0.95:
+            break
+        batch = grpo.assemble_rollouts(prompts, res.tokens, res.lengths, res.prompt_index, prompt_len=4)
+        batch["advantages"] = grpo.group_advantages(reward, n)
+        state, metrics = step(state, batch)
+        assert np.isfinite(float(metrics["loss"]))
+    assert history[0] < 0.10, history
+    assert np.mean(history[-3:]) > 0.90, history
