@@ -116,7 +116,7 @@ class _NewStructure(Exception):
 # ------------------------------------------------------------------------------ structure graph
 
 
-def _structure(rng: random.Random, op: int, mode: str, ctx):
+def _structure(rng: random.Random, op: int, mode: str, ctx, final_total: bool):
     """Appendix A steps 1-4: entity/item widths, edge budget, the bipartite structure graph."""
     op_max = _OP_MAX.get(op, op + 10)
     s = (op_max + 1) // 2
@@ -128,11 +128,14 @@ def _structure(rng: random.Random, op: int, mode: str, ctx):
             t0, t1 = max(t0, 2), max(t1, 2)
         else:
             t0, t1 = min(t0, 3), min(t1, 3)
+    # a user context may list fewer than 5 names per sub-list
+    max_ent, max_item = min(map(len, ctx.entities)), min(map(len, ctx.items))
     w0, w1 = min(t0, t1), max(t0, t1)
     e = min(rng.randint(w0, IP_MAX), rng.randint(w0, IP_MAX), w1 * w1)
-    n_ent = n_item = w0
+    n_ent, n_item = min(w0, max_ent), min(w0, max_item)
+    e = min(e, min(w1, max_ent) * min(w1, max_item))
     while n_ent * n_item < e:
-        grow = [i for i, n in enumerate((n_ent, n_item)) if n < w1]
+        grow = [i for i, n in enumerate((n_ent, n_item)) if n < min(w1, (max_ent, max_item)[i])]
         if not grow:
             break
         if rng.choice(grow) == 0:
@@ -154,11 +157,15 @@ def _structure(rng: random.Random, op: int, mode: str, ctx):
             continue
         edges.add((en, rng.choice(free)))
         deg[en] += 1
-    ent_names = rng.sample(rng.choice(ctx.entities), n_ent) if n_ent <= min(map(len, ctx.entities)) \
-        else rng.sample(max(ctx.entities, key=len), min(n_ent, max(map(len, ctx.entities))))
-    item_list = rng.choice(ctx.items)
-    item_names = rng.sample(item_list, min(n_item, len(item_list)))
-    edges = sorted((en, it) for en, it in edges if en < len(ent_names) and it < len(item_names))
+    if final_total:
+        # like the original's core: a random total is asked for; one that cannot fit the op
+        # rejects the structure (checked before any naming, so rejections are cheap)
+        final_entity = rng.choice([en for en in range(n_ent) if deg[en]])
+        if 2 * deg[final_entity] > op:
+            raise _NewStructure
+    ent_names = rng.sample(rng.choice(ctx.entities), n_ent)
+    item_names = rng.sample(rng.choice(ctx.items), n_item)
+    edges = sorted(edges)
     rng.shuffle(edges)
     nodes = [Node(f"{item_names[it]} in {ent_names[en]}", False, en) for en, it in edges]
     items_of = {}
@@ -168,21 +175,17 @@ def _structure(rng: random.Random, op: int, mode: str, ctx):
     for en in sorted(items_of):
         totals[en] = len(nodes)
         nodes.append(Node(f"{ctx.total} in {ent_names[en]}", True, en, parents=list(items_of[en])))
-    return nodes, items_of, totals
+    return nodes, items_of, totals, (totals[final_entity] if final_total else -1)
 
 
 # ------------------------------------------------------------------------------ solution DAG
 
 
-def _choose_needed(rng, op, mode, nodes, items_of, totals):
+def _choose_needed(rng, op, mode, nodes, items_of, totals, final_total):
     """Pick the final node and the needed set (totals bring all their items)."""
     inst = [i for i, n in enumerate(nodes) if not n.total]
-    # the reference asks for a total at low op and sometimes for an instance at high op
-    if op < 6 or rng.random() < 0.8:
-        # like the original's core: a random total; one that cannot fit the op rejects the structure
-        final = totals[rng.choice(sorted(totals))]
-        if 2 * len(nodes[final].parents) > op:
-            raise _NewStructure
+    if final_total >= 0:
+        final = final_total
         needed = set(nodes[final].parents) | {final}
     else:
         final = rng.choice(inst)
@@ -195,7 +198,7 @@ def _choose_needed(rng, op, mode, nodes, items_of, totals):
     rng.shuffle(pool_inst)
     while est < goal:
         added = False
-        if pool_tot and rng.random() < 0.5:
+        if pool_tot and rng.random() < 0.6:
             t = pool_tot.pop()
             new_items = [p for p in nodes[t].parents if p not in needed and p != final]
             if final in nodes[t].parents:
@@ -244,18 +247,22 @@ def _assign_parents(rng, op, nodes, order):
     for n in order:
         if nodes[n].total:
             covered.update(nodes[n].parents)
-    inst_after = {}
     mand = {n: [] for n in order if not nodes[n].total}
     inst_positions = [n for n in order if not nodes[n].total]
+    totals_cost = sum(len(nodes[n].parents) for n in order if nodes[n].total)
+    capacity = totals_cost + sum(min(4, pos[n] + 1) for n in inst_positions)
+    if capacity < op:
+        raise _Retry
     for n in order[:-1]:
         if n in covered:
             continue
         cands = [m for m in inst_positions if pos[m] > pos[n] and len(mand[m]) < 4]
         if not cands:
             raise _Retry
-        m = rng.choice(cands)
+        # a first parent replaces the stated constant (free); prefer those so the op budget fits
+        m = rng.choices(cands, [3.0 if not mand[m] else 1.0 for m in cands])[0]
         mand[m].append(n)
-    base = sum(len(nodes[n].parents) for n in order if nodes[n].total)
+    base = totals_cost
     for n, ps in mand.items():
         base += max(1, len(ps))
     extra = op - base
@@ -475,8 +482,8 @@ def _step(nodes, node, letters, reverse) -> str:
 def _render(rng, prob: Problem, distractors) -> None:
     nodes, order = prob.nodes, prob.order
     reverse = prob.mode == REVERSE
-    letters = list(_LETTERS_REVERSE if reverse else _LETTERS)
-    rng.shuffle(letters)
+    # letters without replacement; a solution uses at most op of them (one per operation at most)
+    letters = rng.sample(_LETTERS_REVERSE if reverse else _LETTERS, prob.op + 1)
     target = nodes[prob.target]
     sentences = []
     for n in list(order) + list(distractors):
@@ -532,18 +539,19 @@ def build_problem(op: int, context: str = "crazy_zootopia", mode: str = FORWARD,
     check_mode(mode)
     ctx = get_context(context)
     rng = stable_rng("interplay_jax.generator.v1", seed, op, ctx.name, mode)
+    # the final node (the question) is a total, sometimes an instance at higher op; decided once so
+    # that retries do not bias it
+    final_total = op < 6 or rng.random() < 0.8
     for _ in range(10_000):
-        nodes, items_of, totals = _structure(rng, op, mode, ctx)
-        if len(nodes) < 2:
-            continue
         try:
-            return _build_on_structure(rng, op, mode, ctx, seed, nodes, items_of, totals)
+            nodes, items_of, totals, final = _structure(rng, op, mode, ctx, final_total)
+            return _build_on_structure(rng, op, mode, ctx, seed, nodes, items_of, totals, final)
         except _NewStructure:
             continue
     raise RuntimeError(f"generator found no problem for op={op} mode={mode} context={ctx.name} seed={seed}")
 
 
-def _build_on_structure(rng, op, mode, ctx, seed, nodes, items_of, totals):
+def _build_on_structure(rng, op, mode, ctx, seed, nodes, items_of, totals, final_total):
     reverse = mode == REVERSE
     for _plan in range(6):
         for nd in nodes:
@@ -552,7 +560,7 @@ def _build_on_structure(rng, op, mode, ctx, seed, nodes, items_of, totals):
             else:
                 nd.needed = False
         try:
-            final, needed = _choose_needed(rng, op, mode, nodes, items_of, totals)
+            final, needed = _choose_needed(rng, op, mode, nodes, items_of, totals, final_total)
             order = _order(rng, nodes, final, needed)
             _assign_parents(rng, op, nodes, order)
         except _Retry:
