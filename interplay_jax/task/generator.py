@@ -553,6 +553,9 @@ def build_problem(op: int, context: str = "crazy_zootopia", mode: str = FORWARD,
 
 def _build_on_structure(rng, op, mode, ctx, seed, nodes, items_of, totals, final_total):
     reverse = mode == REVERSE
+    n_inst = len(nodes) - len(totals)
+    if sum(len(nodes[t].parents) for t in totals.values()) + sum(min(4, j + 1) for j in range(n_inst)) < op:
+        raise _NewStructure     # even with every parameter needed the op cannot be reached
     for _plan in range(6):
         for nd in nodes:
             if not nd.total:
