@@ -313,10 +313,6 @@ def _draw_ops(rng, nodes, order):
             node.k = rng.randint(1, 4)
 
 
-def _lin(v):
-    return v if isinstance(v, tuple) else (0, v)
-
-
 def _evaluate(nodes, order, unknown, x_value):
     """Values along the order: ints, or (a, b) = a*x + b in reverse mode. Raises _Retry on a bad value."""
     reverse = unknown >= 0
@@ -583,6 +579,8 @@ def _build_on_structure(rng, op, mode, ctx, seed, nodes, items_of, totals, final
                 continue
             prob = Problem(op, ctx.name, mode, seed, nodes, order, order[-1], unknown)
             prob.answer = x_value if reverse else nodes[order[-1]].value
+            if reverse:
+                nodes[unknown].k = x_value      # the hidden constant: the answer
             distractors = _distractors(rng, nodes, order, items_of, totals)
             _render(rng, prob, distractors)
             return prob
