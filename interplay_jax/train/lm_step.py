@@ -150,7 +150,7 @@ def make_lm_step(graphdef, tx, schedule, *, mesh, state_shardings, grad_accum_st
         new_state = dict(step=state["step"] + 1, params=optax.apply_updates(params, updates),
                          opt_state=opt_state)
         metrics = dict(loss=loss_sum / denom, lr=jnp.asarray(schedule(state["step"]), jnp.float32),
-                       grad_norm=optax.global_norm(grads), tokens=count)
+                       grad_norm=optax.tree.norm(grads), tokens=count)
         return new_state, metrics
 
     return jax.jit(step, in_shardings=(state_shardings, bsh),
