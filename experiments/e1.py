@@ -1,0 +1,19 @@
+"""E1 (§3): where should RL data sit? Base pre-trained on op2-10 (20/30/50), then GRPO on op7-10 /
+op9-12 / op11-14 / op17-20; all evaluated on op2-20. Finding: ID pass@1 rises, pass@128 never beats
+the base on ID; RL at the edge of competence (op11-14) lifts OOD pass@128 by up to +42 points."""
+from interplay_jax.experiments import grid
+
+REGIMES = ("op7-10", "op9-12", "op11-14", "op17-20")
+PUBLISHED = {  # strict pass@k on the released checkpoints (SPEC §7)
+    "base": {"OOD-edge": {"1": 18.2, "128": 41.1}, "ID": {"1": 83.1}},
+    "rl_op11-14": {"OOD-edge": {"1": 50.6, "128": 84.0}, "ID": {"1": 82.6}},
+}
+
+
+def runs(scale):
+    out = [grid.pretrain("base", "base", scale, note="pre-training op2-10 (20/30/50)")]
+    for regime in REGIMES:
+        out.append(grid.rl(f"rl_{regime}", "base", regime, scale, note=f"GRPO on {regime}"))
+    out.append(grid.evaluate("eval", ["base"] + [f"rl_{r}" for r in REGIMES], scale,
+                             note="pass@k, base vs each RL regime"))
+    return out

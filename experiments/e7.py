@@ -1,0 +1,19 @@
+"""E7 (App. A.7): pre-training difficulty. Pre-training with hard (op8-10) shares 0.1 / 5 / 20 / 33.3 /
+50%, then GRPO on op11-14; pass@128 gain of RL over its base on op11-14 / op15-20."""
+from interplay_jax.experiments import grid
+
+MIXES = ("hard0.1", "hard5", "hard20", "hard33", "hard50")
+PUBLISHED = {  # pass@128 gain of RL (op11-14) over base: (op11-14, op15-20)
+    "hard0.1": (29.0, 5.9), "hard5": (29.2, 10.4), "hard20": (16.6, 22.1),
+    "hard33": (45.3, 18.0), "hard50": (42.0, 25.8),
+}
+
+
+def runs(scale):
+    out = []
+    for m in MIXES:
+        out.append(grid.pretrain(f"pre_{m}", m, scale, note=f"pre-training, {m} share of op8-10"))
+        out.append(grid.rl(f"rl_{m}", f"pre_{m}", "op11-14", scale, note="GRPO on op11-14"))
+        out.append(grid.evaluate(f"eval_{m}", [f"pre_{m}", f"rl_{m}"], scale, note="gain of RL over base",
+                                 buckets="op11-14:11-14,op15-20:15-20"))
+    return out

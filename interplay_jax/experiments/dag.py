@@ -1,0 +1,126 @@
+"""A run = one stage config (file, preset, overrides) + the runs it depends on.
+
+An experiment module (``experiments/e1.py`` ...) exposes ``runs(scale) -> list[Run]``; the order of
+the list is irrelevant, the DAG comes from ``parent`` (init_from) and ``compare`` (eval inputs).
+Run directories are ``<root>/<experiment>/<run name>``, named so a person can tell what each is.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import pathlib
+import shlex
+
+from interplay_jax.errors import ConfigError
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+CONFIGS = REPO / "configs"
+EXPERIMENTS = ("E1", "E2", "E3", "E4", "E5", "E7")
+ALIASES = {"E6": "E5"}   # E5 and E6 are one grid (context share in RL) at two readouts
+SCALES = ("mini", "paper")
+DONE_MARKER = "EXPERIMENT_RUN_DONE"
+
+
+@dataclasses.dataclass
+class Run:
+    name: str                          # directory name, e.g. "rl_op11-14_from_base"
+    config: str                        # file in configs/, e.g. "rl.py"
+    arg: str = ""                      # the preset after ':'
+    overrides: dict = dataclasses.field(default_factory=dict)  # dotted key -> value
+    parent: str | None = None          # run whose checkpoint this one starts from (init_from)
+    compare: tuple = ()                # eval runs: names of the runs whose checkpoints are evaluated
+    note: str = ""                     # what this run is, for people
+
+    def deps(self) -> list[str]:
+        return ([self.parent] if self.parent else []) + list(self.compare)
+
+
+def experiment_module(name: str):
+    key = ALIASES.get(name.upper(), name.upper())
+    if key not in EXPERIMENTS:
+        raise ConfigError(f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS + tuple(ALIASES))}")
+    return importlib.import_module(f"experiments.{key.lower()}")
+
+
+def expand(name: str, scale: str) -> list[Run]:
+    """The runs of experiment ``name`` at ``scale`` in dependency order."""
+    if scale not in SCALES:
+        raise ConfigError(f"unknown scale {scale!r}; known: {', '.join(SCALES)}")
+    runs = experiment_module(name).runs(scale)
+    return topo_order(runs)
+
+
+def topo_order(runs: list[Run]) -> list[Run]:
+    by_name = {}
+    for r in runs:
+        if r.name in by_name:
+            raise ConfigError(f"two runs are named {r.name!r}")
+        by_name[r.name] = r
+    order, state = [], {}
+
+    def visit(r: Run, path: tuple):
+        if state.get(r.name) == "done":
+            return
+        if state.get(r.name) == "active":
+            raise ConfigError(f"dependency cycle: {' -> '.join(path + (r.name,))}")
+        state[r.name] = "active"
+        for d in r.deps():
+            if d not in by_name:
+                raise ConfigError(f"run {r.name!r} depends on unknown run {d!r}")
+            visit(by_name[d], path + (r.name,))
+        state[r.name] = "done"
+        order.append(r)
+
+    for r in runs:
+        visit(r, ())
+    return order
+
+
+def resolved_overrides(run: Run, root: pathlib.Path) -> dict:
+    """The run's overrides plus workdir / init_from / checkpoints resolved to directories."""
+    out = dict(run.overrides)
+    out["workdir"] = str(root / run.name)
+    if run.parent:
+        out["init_from"] = str(root / run.parent)
+    if run.compare:
+        out["checkpoints"] = ",".join(str(root / c) for c in run.compare)
+    return out
+
+
+def load_config(run: Run, root: pathlib.Path):
+    """Build the run's ml_collections config exactly as the command line would."""
+    path = CONFIGS / run.config
+    if not path.is_file():
+        raise ConfigError(f"run {run.name!r}: no config file {path}")
+    spec = importlib.util.spec_from_file_location(f"_cfg_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(run.arg or None)
+    for key, value in resolved_overrides(run, root).items():
+        set_dotted(config, key, value, run.name)
+    config.lock()
+    return config
+
+
+def set_dotted(config, key: str, value, run_name: str = "") -> None:
+    node = config
+    parts = key.split(".")
+    for p in parts[:-1]:
+        if p not in node:
+            raise ConfigError(f"run {run_name!r}: config has no field {key!r}")
+        node = node[p]
+    if parts[-1] not in node:
+        raise ConfigError(f"run {run_name!r}: config has no field {key!r}")
+    old = node[parts[-1]]
+    if isinstance(old, float) and isinstance(value, int):
+        value = float(value)
+    node[parts[-1]] = value
+
+
+def command(run: Run, root: pathlib.Path) -> str:
+    """One shell command that runs ``run`` (for a cluster scheduler)."""
+    cfg = f"configs/{run.config}" + (f":{run.arg}" if run.arg else "")
+    parts = ["python", "-m", "interplay_jax.main", f"--config={cfg}"]
+    parts += [f"--config.{k}={v}" for k, v in resolved_overrides(run, root).items()]
+    return " ".join(shlex.quote(p) for p in parts)

@@ -1,0 +1,52 @@
+"""Building blocks for the experiment grids: one function per stage at two scales.
+
+``paper``: the study's exact numbers (configs' ``paper`` presets, for TPU/GPU).
+``mini``: the same DAG on a ``small`` model with budgets one small GPU finishes in about 30 minutes
+(or this 2-core CPU overnight), chosen so the mechanism (RL at the edge of competence extends
+pass@k beyond the pre-training range) can show: pre-training on op2-10 long enough that ID is mostly
+solved, RL on a harder slice, evaluation up to op20 with n = 16 samples.
+"""
+from __future__ import annotations
+
+from interplay_jax.experiments.dag import Run
+
+MINI_MODEL = {"model.preset": "small"}
+MINI_PRETRAIN = {**MINI_MODEL, "seq_len": 1024, "batch_size": 32, "total_steps": 2000, "ckpt_every": 250,
+                 "eval_every": 250}
+MINI_MID_STEP_TOKENS = 32 * 1024
+MINI_RL = {"rl.num_prompts": 32, "rl.n": 8, "rl.max_response_len": 768, "rl.total_steps": 60,
+           "ckpt_every": 10}
+MINI_EVAL = {"eval.ops": "2-20", "eval.per_op": 16, "sampling.n": 16, "sampling.max_new_tokens": 768,
+             "sampling.batch_prompts": 8}
+
+
+def pretrain(name: str, mixture: str, scale: str, note: str = "", **overrides) -> Run:
+    if scale == "paper":
+        return Run(name, "pretrain.py", f"{mixture},paper", dict(overrides), note=note)
+    return Run(name, "pretrain.py", f"{mixture},cpu", {**MINI_PRETRAIN, **overrides}, note=note)
+
+
+def midtrain(name: str, parent: str, scale: str, steps: int | None = None, note: str = "", **overrides) -> Run:
+    o = dict(overrides)
+    if steps is not None:
+        o["total_steps"] = int(steps)
+    if scale == "paper":
+        return Run(name, "midtrain.py", "mid,paper", o, parent=parent, note=note)
+    return Run(name, "midtrain.py", "mid,cpu", {**MINI_PRETRAIN, "total_steps": 1000, **o}, parent=parent,
+               note=note)
+
+
+def rl(name: str, parent: str, data: str, scale: str, reward: str = "outcome", steps: int | None = None,
+       note: str = "", **overrides) -> Run:
+    o = dict(overrides)
+    if steps is not None:
+        o["rl.total_steps"] = int(steps)
+    arg_scale = "paper" if scale == "paper" else "cpu"
+    base = {} if scale == "paper" else dict(MINI_RL)
+    return Run(name, "rl.py", f"{data},{arg_scale},{reward}", {**base, **o}, parent=parent, note=note)
+
+
+def evaluate(name: str, compare: list[str], scale: str, note: str = "", **overrides) -> Run:
+    if scale == "paper":
+        return Run(name, "eval.py", "paper", dict(overrides), compare=tuple(compare), note=note)
+    return Run(name, "eval.py", "cpu", {**MINI_EVAL, **overrides}, compare=tuple(compare), note=note)

@@ -1,0 +1,61 @@
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from interplay_jax.errors import ConfigError
+from interplay_jax.experiments import dag
+from interplay_jax.experiments.dag import Run
+
+ALL = ["E1", "E2", "E3", "E4", "E5", "E6", "E7"]
+
+
+@pytest.mark.parametrize("scale", ["mini", "paper"])
+@pytest.mark.parametrize("name", ALL)
+def test_every_run_builds_a_valid_config(name, scale, tmp_path):
+    runs = dag.expand(name, scale)
+    seen = set()
+    for r in runs:
+        assert all(d in seen for d in r.deps()), f"{r.name} comes before its dependencies"
+        seen.add(r.name)
+        cfg = dag.load_config(r, tmp_path)
+        assert cfg.workdir == str(tmp_path / r.name)
+        if r.parent:
+            assert cfg.init_from == str(tmp_path / r.parent)
+        if r.compare:
+            assert cfg.checkpoints.split(",") == [str(tmp_path / c) for c in r.compare]
+    assert runs[-1].config == "eval.py" or any(r.config == "eval.py" for r in runs)
+
+
+def test_e3_splits_are_compute_matched():
+    runs = {r.name: r for r in dag.expand("E3", "paper")}
+    assert runs["mid_beta0"].overrides["total_steps"] == 4000
+    assert runs["mid_beta0.5"].overrides["total_steps"] == 2000 and runs["rl_beta0.5"].overrides["rl.total_steps"] == 50
+    assert "mid_beta1" not in runs and runs["rl_beta1"].overrides["rl.total_steps"] == 100
+    assert runs["rl_beta0.5"].parent == "mid_beta0.5" and runs["rl_beta1"].parent == "base"
+
+
+def test_cycles_and_unknown_deps_are_refused():
+    with pytest.raises(ConfigError, match="cycle"):
+        dag.topo_order([Run("a", "rl.py", parent="b"), Run("b", "rl.py", parent="a")])
+    with pytest.raises(ConfigError, match="unknown run"):
+        dag.topo_order([Run("a", "rl.py", parent="zzz")])
+    with pytest.raises(ConfigError, match="unknown experiment"):
+        dag.expand("E9", "mini")
+
+
+def test_unknown_override_key_is_one_line(tmp_path):
+    with pytest.raises(ConfigError, match="no field 'nope.x'"):
+        dag.load_config(Run("a", "pretrain.py", "base,cpu", {"nope.x": 1}), tmp_path)
+
+
+def test_cli_dry_run_and_commands(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "interplay_jax.experiments.run", "E1", "--scale=mini", "--dry-run",
+                          f"--root={tmp_path}"], capture_output=True, text=True, check=True).stdout
+    assert "rl_op11-14" in out and "<- base" in out
+    cmds = subprocess.run([sys.executable, "-m", "interplay_jax.experiments.run", "E7", "--scale=paper",
+                           "--emit-commands", f"--root={tmp_path}"], capture_output=True, text=True, check=True).stdout
+    lines = [l for l in cmds.splitlines() if l.startswith("python -m interplay_jax.main")]
+    assert len(lines) == 15
+    assert any("--config=configs/rl.py:op11-14,paper,outcome" in l and "init_from=" in l for l in lines)
