@@ -3,7 +3,7 @@
 Parsing (gold and model text alike)
 -----------------------------------
 * Each ``Define {name} as {V};`` starts a step; the node key is the parameter *name* (whitespace
-  collapsed), so variable letters never matter. The step's body runs to the first "." after the ";".
+  collapsed), so variable letters never matter. A step ends at its first "." (names never hold one).
 * The body is split on ";" into clauses ``[so ]L = e1 = e2 = ... = en`` (L one letter), or the reverse
   mode's "we don't know its value yet but will find it out later" (V becomes the unknown ``x``).
 * Parents = names of earlier steps whose variables appear in ``e1`` (the symbolic formula) of the
@@ -41,6 +41,7 @@ MAX_CHARS = 200_000     # characters of a response that are parsed (model output
 MAX_STEPS = 4096        # Define steps per text
 MAX_CLAUSES = 64        # ";"-clauses per step
 MAX_SEGMENT = 256       # characters per expression segment
+MAX_STEP_CHARS = 2048   # characters per step (a step ends at its first ".")
 MAX_NAME = 256          # characters per parameter name
 MAX_DIGITS = 30         # digits per integer literal
 MAX_DEPTH = 32          # parenthesis nesting
@@ -193,7 +194,7 @@ def _static_clauses(body: str):
     return clauses
 
 
-@functools.lru_cache(maxsize=1 << 16)
+@functools.lru_cache(maxsize=1 << 15)
 def _static_step(chunk: str):
     """The text-only part of parsing one step (cached: rollouts of one prompt share most steps).
 
@@ -310,6 +311,8 @@ def parse_solution(text: str) -> ParsedSolution:
     n_defines = 0
     for chunk in chunks[1:MAX_STEPS + 1]:
         n_defines += 1
+        dot = chunk.find(".", 0, MAX_STEP_CHARS)      # a step ends at its first "."
+        chunk = chunk[:MAX_STEP_CHARS] if dot < 0 else chunk[:dot + 1]
         step = _parse_step(chunk, var_to_name, env)
         if step is not None:
             steps.pop(step.name, None)
