@@ -53,8 +53,6 @@ _LETTERS = re.compile(r"[A-Za-z]")
 _WE_KNOW = re.compile(r"We know ([A-Za-z]) = (-?\d{1,30})\b")
 _SOLUTION_X = re.compile(r"Solution: [A-Za-z] = (-?\d{1,30})\b")
 
-Lin = tuple  # (a, b) meaning a*x + b, ints
-
 
 # ----------------------------------------------------------------------------- expressions
 
