@@ -350,5 +350,9 @@ def make_grpo_step(graphdef, tx: optax.GradientTransformation, cfg: GRPOConfig =
 
     if mesh is None:
         return jax.jit(step, donate_argnums=(0,) if donate else ())
-    return jax.jit(step, in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, None),
+    from jax.sharding import NamedSharding, PartitionSpec
+    if batch_sharding is None:
+        batch_sharding = NamedSharding(mesh, PartitionSpec(tuple(a for a in ("data", "fsdp") if a in mesh.shape)))
+    return jax.jit(step, in_shardings=(state_shardings, batch_sharding),
+                   out_shardings=(state_shardings, NamedSharding(mesh, PartitionSpec())),
                    donate_argnums=(0,) if donate else ())

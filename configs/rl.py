@@ -1,0 +1,109 @@
+"""GRPO post-training configs: ``--config=configs/rl.py:<data>[,<scale>][,<reward>][,dr_grpo] --config.init_from=RUN``.
+
+Starts from a pre-training or mid-training run (``init_from``: its run dir or ``.../checkpoints/<step>``;
+the model is read from the parent's lineage unless ``model.preset`` is set).
+
+data (default ``op11-14``): the RL prompt regimes of SPEC §5: ``op7-10``, ``op9-12``, ``op11-14``,
+``op17-20``, ``uniform`` (op2-20), contexts A/B/C in thirds; context mixes ``ctxmixB<share>`` (share of
+context B in percent, the rest A; 0, 1, 2, 10, 50, 100), over op2-20 unless ``data.ops`` is set.
+scale (default ``cpu``):
+  paper   the study: 1024 prompts x 6 rollouts per step, T 1.0, top-p 1, prompt <= 1024 and response
+          <= 1024 tokens, 4 mini-batches (one pass), k3 KL 1e-3, AdamW lr 1e-6 constant, wd 0.01,
+          clip 1.0, 204.8K prompts = 200 steps; rollouts in chunks of 256 prompts and updates in
+          micro-batches of 64 rollouts (memory only: the objective is unchanged).
+  cpu     8 prompts x 4 rollouts, responses <= 512 tokens, 20 steps, lr 1e-5: minutes on 2 CPU cores.
+  quick   4 prompts x 4 rollouts, responses <= 96 tokens, 3 steps: the quickstart / tests.
+reward (default ``outcome``): outcome, strict, mixed<α> (mixed0.5, mixed0.2), original_mixed<α>,
+  original_strict (SPEC §1). ``dr_grpo``: Dr.GRPO (seq-sum / constant aggregation, no std normalisation).
+Examples: ``configs/rl.py:op11-14,paper --config.init_from=runs/pretrain_base_paper``,
+``configs/rl.py:op11-14,mixed0.5,paper``, ``configs/rl.py:ctxmixB10,cpu --config.init_from=...``.
+Prompts: the generator with the RL split seed (``data.source=generator``), or a JSONL split
+(``data.source=jsonl --config.data.data_dir=DIR --config.data.split=heldout``); ``data.exclude`` is a
+comma-separated list of JSONL files / dirs (e.g. the eval set) whose problems RL must never see.
+"""
+import re
+
+import ml_collections
+
+SCALES = ("cpu", "quick", "paper")
+DATA = ("op7-10", "op9-12", "op11-14", "op17-20", "uniform")
+_REWARD = re.compile(r"outcome|strict|original_strict|(original_)?mixed\d*\.?\d+")
+_CTXMIX = re.compile(r"ctxmixB\d*\.?\d+")
+
+
+def parse_arg(arg):
+    data, scale, reward, dr = "op11-14", "cpu", "outcome", False
+    for part in [p.strip() for p in (arg or "").split(",") if p.strip()]:
+        if part in SCALES:
+            scale = part
+        elif part in DATA or _CTXMIX.fullmatch(part):
+            data = part
+        elif part in ("dr_grpo", "drgrpo"):
+            dr = True
+        elif _REWARD.fullmatch(part):
+            reward = part
+        else:
+            raise ValueError(f"unknown configs/rl.py preset part {part!r}; expected a data regime "
+                             f"({', '.join(DATA)}, ctxmixB<share>), a scale ({', '.join(SCALES)}), a reward "
+                             f"(outcome, strict, mixed<α>, original_mixed<α>, original_strict) or dr_grpo")
+    return data, scale, reward, dr
+
+
+def get_config(arg=None):
+    data, scale, reward, dr = parse_arg(arg)
+    c = ml_collections.ConfigDict()
+    c.stage = "rl"
+    c.workdir = f"runs/rl_{data}_{reward}{'_drgrpo' if dr else ''}_{scale}"
+    c.seed = 0
+    c.tokenizer = "runs/tokenizer/tokenizer.json"
+    c.init_from = ""                   # parent run dir (pre- or mid-training) or its checkpoints/<step>
+    c.init_step = -1                   # parent checkpoint step (-1: its latest)
+    # empty preset: the parent's model (from its lineage); other non-None fields override it
+    c.model = ml_collections.ConfigDict(dict(preset="", dtype=None, param_dtype=None, remat=None, attention=None))
+    c.data = ml_collections.ConfigDict(dict(
+        source="generator",            # "generator" (RL split seed) | "jsonl" (data_dir/split)
+        mixture=data,
+        ops=(),                        # override the mixture's ops, e.g. (11, 12, 13, 14)
+        modes="normalforward",
+        data_dir="",
+        split="heldout",
+        exclude=""))                   # comma-separated JSONL files/dirs never used as RL prompts
+    c.rl = ml_collections.ConfigDict(dict(
+        reward=reward,
+        num_prompts=1024,              # prompts per step
+        n=6,                           # rollouts per prompt (the GRPO group)
+        temperature=1.0, top_p=1.0, top_k=0,
+        max_prompt_len=1024,           # longer prompts are dropped and counted
+        max_response_len=1024,         # rollouts that never stop are cut here and scored
+        prompt_budget=204_800,         # prompts per epoch; total steps = budget // num_prompts
+        total_steps=0,                 # > 0 overrides the budget
+        num_minibatches=4,             # optimizer updates per step (one pass over the rollouts)
+        micro_batch_size=0,            # rollouts per forward/backward inside a mini-batch (0: whole)
+        rollout_batch_prompts=0))      # prompts per sampler call (0: all at once)
+    c.grpo = ml_collections.ConfigDict(dict(
+        clip_eps=0.2, dual_clip=3.0, kl_coef=1e-3, entropy_coef=0.0,
+        loss_agg="dr_grpo" if dr else "token-mean",   # token-mean | seq-mean-token-mean | dr_grpo
+        std_normalize=not dr,          # divide advantages by the group std (GRPO); False = Dr.GRPO
+        dr_grpo_constant=0.0,          # Dr.GRPO divisor (0: rl.max_response_len)
+        logprob_temperature=False))    # True: divide logits by rl.temperature in the loss (verl-style)
+    c.optimizer = ml_collections.ConfigDict(dict(
+        lr=1e-6, min_lr=0.0, warmup_frac=0.0, warmup_steps=0, schedule="constant",
+        b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01, grad_clip=1.0))
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.log_every = 1
+    c.ckpt_every = 20
+    c.keep_checkpoints = 3
+    c.progress = True
+    if scale == "paper":
+        c.rl.rollout_batch_prompts = 256
+        c.rl.micro_batch_size = 64
+    elif scale == "cpu":
+        c.rl.update(dict(num_prompts=8, n=4, max_response_len=512, prompt_budget=8 * 20, num_minibatches=2))
+        c.optimizer.lr = 1e-5
+        c.ckpt_every = 10
+    elif scale == "quick":
+        c.rl.update(dict(num_prompts=4, n=4, max_prompt_len=1024, max_response_len=96, prompt_budget=4 * 3,
+                         num_minibatches=2))
+        c.optimizer.lr = 1e-5
+        c.ckpt_every = 1
+    return c

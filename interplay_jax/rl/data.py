@@ -1,0 +1,173 @@
+"""RL prompts (SPEC §5): which problems GRPO trains on, deterministically from the step index.
+
+Sources:
+- ``generator``: prompt ``i`` is a record of the mixture drawn with the RL split seed
+  ``split_seed(seed, "rl")`` (a different SHA-256-derived stream from the pre-training ``train``,
+  ``heldout`` and ``eval`` streams). Any record whose content hash is in ``exclude`` (e.g. every
+  record of an eval / held-out JSONL directory) is redrawn from a retry stream, so the RL prompts are
+  disjoint by hash from those sets.
+- ``jsonl``: the records of one split of a data directory in the published layout (default
+  ``heldout``: the split the pre-training stage never trains on), minus excluded hashes, shuffled once
+  by the seed and re-shuffled every epoch.
+
+Mixtures (contexts A/B/C in equal thirds unless named): the task layer's ``rl7-10``, ``rl9-12``,
+``rl11-14``, ``rl17-20``, ``rl_uniform`` (aliases ``op7-10`` ... ``uniform``) and the context mixes
+``ctxmixB<share>`` (share of context B in percent, the rest context A: 0, 1, 2, 10, 50, 100; ops
+``CTXMIX_OPS`` unless the config names ``ops``).
+
+``PromptSource.step_records(step, num_prompts)`` returns the records of step ``step`` (0-based):
+global prompt indices ``step * num_prompts ...``; with a ``budget`` (prompts per epoch, 204.8K at paper
+scale) index ``i`` maps to epoch ``i // budget``. This module has no JAX import.
+"""
+from __future__ import annotations
+
+import pathlib
+from typing import Iterable, Sequence
+
+from interplay_jax.errors import ConfigError
+from interplay_jax.task.generator import content_hash, stable_rng
+from interplay_jax.task.mixture import PRESETS as TASK_PRESETS
+from interplay_jax.task.mixture import Mixture, get_mixture
+from interplay_jax.task.writer import read_jsonl, split_seed
+
+CTXMIX_OPS = tuple(range(2, 21))   # the context study's op range (op2-20)
+CTXMIX_SHARES = (0, 1, 2, 10, 50, 100)
+ALIASES = {"op7-10": "rl7-10", "op9-12": "rl9-12", "op11-14": "rl11-14", "op17-20": "rl17-20",
+           "uniform": "rl_uniform"}
+SOURCES = ("generator", "jsonl")
+
+
+def record_hash(record: dict) -> str:
+    return content_hash(str(record.get("problem", "")), str(record.get("question", "")),
+                        str(record.get("solution", "")))
+
+
+def context_mix(share_b: float, ops: Sequence[int] = CTXMIX_OPS) -> list[dict]:
+    """Components: ``share_b`` % context B, the rest context A, uniform over ``ops``."""
+    comps = []
+    if share_b < 100:
+        comps.append({"ops": list(ops), "weight": 100.0 - share_b, "contexts": ["A"]})
+    if share_b > 0:
+        comps.append({"ops": list(ops), "weight": float(share_b), "contexts": ["B"]})
+    return comps
+
+
+def rl_mixture(name: str, modes=("normalforward",), ops: Sequence[int] | None = None) -> Mixture:
+    """The RL prompt mixture called ``name`` (see the module docstring); ``ops`` overrides its ops."""
+    name = str(name).strip()
+    key = ALIASES.get(name, name)
+    if key.startswith("ctxmixB"):
+        try:
+            share = float(key[len("ctxmixB"):])
+        except ValueError:
+            raise ConfigError(f"RL mixture {name!r}: expected ctxmixB<share in percent>, e.g. ctxmixB10") from None
+        if not 0 <= share <= 100:
+            raise ConfigError(f"RL mixture {name!r}: the context-B share must be in [0, 100]")
+        return get_mixture({"components": context_mix(share, ops or CTXMIX_OPS), "name": key}, modes=modes)
+    if key not in TASK_PRESETS:
+        known = ", ".join(list(ALIASES) + [f"ctxmixB{s}" for s in CTXMIX_SHARES] + list(TASK_PRESETS))
+        raise ConfigError(f"unknown RL mixture {name!r}; known: {known}")
+    if ops:
+        comps = [{"ops": list(ops), "weight": c.get("weight", 1.0), "contexts": c.get("contexts", ["A", "B", "C"])}
+                 for c in TASK_PRESETS[key]]
+        return get_mixture({"components": comps, "name": f"{key}[ops]"}, modes=modes)
+    return get_mixture(key, modes=modes)
+
+
+def read_split(data_dir, split: str) -> list[dict]:
+    """Every record of ``data_dir/split/**/*.jsonl`` (file order); DataError names file:line."""
+    root = pathlib.Path(data_dir) / split
+    files = sorted(root.rglob("*.jsonl")) if root.is_dir() else []
+    if not files:
+        raise ConfigError(f"no JSONL files under {root} (RL data.source=jsonl needs data_dir/{split}/...)")
+    return [r for f in files for r in read_jsonl(f)]
+
+
+def hashes_of(paths: Iterable[str]) -> set[str]:
+    """Content hashes of every record in the given JSONL files / directories (searched recursively)."""
+    out = set()
+    for p in paths:
+        p = pathlib.Path(p)
+        if not p.exists():
+            raise ConfigError(f"exclude path {p} does not exist")
+        files = [p] if p.is_file() else sorted(p.rglob("*.jsonl"))
+        for f in files:
+            out.update(record_hash(r) for r in read_jsonl(f))
+    return out
+
+
+class PromptSource:
+    """Deterministic RL prompts: ``record(i)`` and ``step_records(step, num_prompts)``."""
+
+    def __init__(self, *, mixture: Mixture | None = None, records: Sequence[dict] | None = None, seed: int = 0,
+                 budget: int = 0, exclude: set[str] | None = None, max_redraws: int = 64):
+        if (mixture is None) == (records is None):
+            raise ValueError("give exactly one of mixture= (generator) or records= (jsonl)")
+        self.mixture = mixture
+        self.seed = int(seed)
+        self.rl_seed = split_seed(self.seed, "rl")
+        self.exclude = set(exclude or ())
+        self.max_redraws = int(max_redraws)
+        self.budget = int(budget)
+        self.excluded = 0
+        self.records = None
+        if records is not None:
+            kept = [r for r in records if record_hash(r) not in self.exclude]
+            self.excluded = len(records) - len(kept)
+            if not kept:
+                raise ConfigError(f"no RL prompts left: all {len(records)} records are excluded (they appear in "
+                                  f"the excluded eval / held-out data)")
+            self.records = kept
+            self.budget = self.budget or len(kept)
+        self._perm: dict[int, list[int]] = {}
+
+    def __len__(self) -> int:
+        return self.budget if self.budget else (len(self.records) if self.records is not None else 0)
+
+    def _permutation(self, epoch: int) -> list[int]:
+        if epoch not in self._perm:
+            order = list(range(len(self.records)))
+            stable_rng("interplay_jax.rl.shuffle", self.seed, epoch).shuffle(order)
+            self._perm = {epoch: order}
+        return self._perm[epoch]
+
+    def record(self, index: int) -> dict:
+        index = int(index)
+        if self.records is not None:
+            n = len(self.records)
+            epoch, pos = divmod(index, n)
+            return self.records[self._permutation(epoch)[pos]]
+        if self.budget:  # a finite prompt set: epoch e repeats the same prompts
+            index = index % self.budget
+        for attempt in range(self.max_redraws):
+            seed = self.rl_seed if attempt == 0 else split_seed(self.rl_seed, f"redraw{attempt}")
+            rec = self.mixture.record(seed, index)
+            if record_hash(rec) not in self.exclude:
+                return rec
+        raise ConfigError(f"RL prompt {index}: {self.max_redraws} draws in a row were excluded; the mixture is "
+                          f"too close to the excluded data")
+
+    def step_records(self, step: int, num_prompts: int) -> list[dict]:
+        start = int(step) * int(num_prompts)
+        return [self.record(start + j) for j in range(int(num_prompts))]
+
+
+def prompt_source_from_config(config) -> PromptSource:
+    """From the RL config's ``data`` block (see configs/rl.py)."""
+    d = config.data
+    modes = [m.strip() for m in str(d.get("modes", "normalforward")).split(",") if m.strip()]
+    excl_paths = [p.strip() for p in str(d.get("exclude", "") or "").split(",") if p.strip()]
+    exclude = hashes_of(excl_paths)
+    budget = int(config.rl.prompt_budget)
+    if d.source == "jsonl":
+        data_dir = pathlib.Path(str(d.data_dir))
+        split = str(d.get("split", "heldout"))
+        # also keep out every other non-train split (eval sets) of the same directory
+        others = [p for p in sorted(data_dir.iterdir()) if p.is_dir() and p.name not in ("train", split)] \
+            if data_dir.is_dir() else []
+        exclude |= hashes_of(str(p) for p in others)
+        return PromptSource(records=read_split(data_dir, split), seed=int(config.seed), budget=budget,
+                            exclude=exclude)
+    ops = [int(o) for o in d.get("ops", None) or []] or None
+    return PromptSource(mixture=rl_mixture(d.mixture, modes=modes, ops=ops), seed=int(config.seed), budget=budget,
+                        exclude=exclude)

@@ -1,0 +1,136 @@
+"""The RL stage end to end on a micro model: runs from a tiny parent checkpoint, resumes exactly
+(same rollouts after resume, same final params), and rejects an unknown reward with one line."""
+import importlib.util
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import jax
+import optax
+import pytest
+
+from interplay_jax import checkpoint as ck
+from interplay_jax.errors import ConfigError
+from interplay_jax.main import run_config
+from interplay_jax.model.qwen2 import model_config_from_dict
+from interplay_jax.rl import data as rl_data
+from interplay_jax.task.mixture import get_mixture
+from interplay_jax.task.tokenizer import train_on_records
+from interplay_jax.train import lm_step
+from interplay_jax.train import sharding as shd
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _rl_config_module():
+    spec = importlib.util.spec_from_file_location("rl_config", REPO / "configs" / "rl.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def parent(tmp_path_factory):
+    """A tokenizer and a 'pre-trained' (randomly initialised) micro model saved as a parent run."""
+    root = tmp_path_factory.mktemp("rl")
+    mix = get_mixture({"ops": [2, 3], "contexts": ["A"]})
+    tok = train_on_records([mix.record(1, i) for i in range(150)], vocab_size=400)
+    tok_path = tok.save(str(root / "tokenizer.json"))
+    model = dict(preset="micro", vocab_size=400, max_position_embeddings=512)
+    cfg = model_config_from_dict(model)
+    mesh = shd.make_mesh()
+    _, state = lm_step.init_state(cfg, optax.adamw(1e-3), 0, mesh)
+    run_dir = root / "pretrain"
+    with ck.Checkpointer(run_dir) as c:
+        c.save(5, state, meta={"stage": "pretrain"})
+    ck.write_lineage(run_dir, "pretrain", {"model": model}, None)
+    return {"root": root, "tokenizer": tok_path, "run_dir": run_dir}
+
+
+def _config(parent, workdir, steps=2, **rl):
+    c = _rl_config_module().get_config("uniform,quick")
+    c.workdir = str(workdir)
+    c.tokenizer = parent["tokenizer"]
+    c.init_from = str(parent["run_dir"])
+    c.data.ops = (2, 3)
+    c.rl.update(dict(num_prompts=2, n=2, max_response_len=12, total_steps=steps, num_minibatches=2, **rl))
+    c.optimizer.lr = 1e-3
+    c.progress = False
+    return c
+
+
+def _samples(workdir):
+    return [json.loads(line) for line in (pathlib.Path(workdir) / "samples.jsonl").read_text().splitlines()]
+
+
+def test_rl_stage_runs_and_resumes_exactly(parent, tmp_path):
+    a = tmp_path / "a"
+    summary = run_config(_config(parent, a, steps=2))
+    assert summary["steps"] == 2 and summary["reason"] == "done"
+    assert summary["parent"]["step"] == 5
+    for key in ("reward_mean", "reward_std", "verified_acc", "response_len", "kl", "clip_frac", "entropy",
+                "tokens_per_s", "loss", "grad_norm"):
+        assert key in summary["final"], key
+    lineage = ck.read_lineage(a)
+    assert lineage["stage"] == "rl" and lineage["parent"]["run_dir"] == str(parent["run_dir"])
+    assert (a / "tb").is_dir()
+    rows = _samples(a)
+    assert [r["step"] for r in rows] == [1, 2]
+    assert rows[0]["rollout_digest"] != rows[1]["rollout_digest"]  # keys differ per step
+
+    # resume: a run dir holding only A's step-1 checkpoint continues to step 2 with the same rollouts
+    b = tmp_path / "b"
+    (b / ck.CKPT_SUBDIR).mkdir(parents=True)
+    shutil.copytree(a / ck.CKPT_SUBDIR / "1", b / ck.CKPT_SUBDIR / "1")
+    shutil.copy(a / ck.LINEAGE_FILE, b / ck.LINEAGE_FILE)
+    resumed = run_config(_config(parent, b, steps=2))
+    assert resumed["steps"] == 2
+    assert [r["step"] for r in _samples(b)] == [2]
+    assert _samples(b)[0]["rollout_digest"] == rows[1]["rollout_digest"]
+    assert resumed["params_digest"] == summary["params_digest"]
+
+
+def test_unknown_reward_is_one_line_error(parent, tmp_path):
+    c = _config(parent, tmp_path / "x")
+    c.rl.reward = "bogus"
+    with pytest.raises(ConfigError, match="unknown reward 'bogus'"):
+        run_config(c)
+    proc = subprocess.run([sys.executable, "-m", "interplay_jax.main", "--config=configs/rl.py:quick",
+                           "--config.rl.reward=bogus"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: unknown reward 'bogus'"), proc.stderr
+
+
+def test_prompt_source_is_deterministic_disjoint_and_filters(parent, tmp_path):
+    mix = rl_data.rl_mixture("op7-10")
+    src = rl_data.PromptSource(mixture=mix, seed=0, budget=8)
+    first = src.step_records(1, 4)
+    assert [r["id"] for r in first] == [r["id"] for r in rl_data.PromptSource(mixture=mix, seed=0, budget=8)
+                                        .step_records(1, 4)]
+    assert all(7 <= r["op"] <= 10 for r in first)
+    assert [r["id"] for r in src.step_records(2, 4)] == [r["id"] for r in src.step_records(0, 4)]  # epoch 2
+    # excluded hashes are never drawn
+    banned = {rl_data.record_hash(r) for r in first}
+    other = rl_data.PromptSource(mixture=mix, seed=0, budget=8, exclude=banned).step_records(1, 4)
+    assert not banned & {rl_data.record_hash(r) for r in other}
+    # context mixes
+    ctx = rl_data.rl_mixture("ctxmixB10", ops=[11, 12])
+    templates = [ctx.record(3, i)["template"] for i in range(200)]
+    share_b = templates.count("teachers_in_school") / len(templates)
+    assert 0.03 < share_b < 0.2 and set(templates) <= {"crazy_zootopia", "teachers_in_school"}
+    with pytest.raises(ConfigError):
+        rl_data.rl_mixture("op99")
+
+
+def test_long_prompts_are_filtered_and_counted(parent, tmp_path):
+    summary = run_config(_filtered_config(parent, tmp_path / "f"))
+    assert summary["filtered_prompts"] == 2 and summary["steps"] == 1
+
+
+def _filtered_config(parent, workdir):
+    c = _config(parent, workdir, steps=1, max_prompt_len=8)
+    c.grpo.kl_coef = 0.0     # also: no reference model at all
+    return c
