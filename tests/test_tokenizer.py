@@ -1,5 +1,7 @@
 """Tokenizer (SPEC §2): special ids, lossless roundtrip, the reference file, the tokenizer stage."""
+import importlib.util
 import json
+import pathlib
 
 import pytest
 
@@ -8,6 +10,15 @@ from interplay_jax.task.formats import SPECIAL_TOKENS, format_document, format_p
 from interplay_jax.task.tokenizer import Tokenizer, load_tokenizer, train_tokenizer
 
 CONTEXTS = ("crazy_zootopia", "teachers_in_school", "movie_festival_awards")
+CONFIG_FILE = pathlib.Path(__file__).resolve().parents[1] / "configs" / "tokenizer.py"
+
+
+def get_config(arg=None):
+    """configs/tokenizer.py's get_config, loaded by path (configs/ is a plain directory)."""
+    spec = importlib.util.spec_from_file_location("_tokenizer_config", CONFIG_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
 
 
 def _records(n=60):
@@ -92,7 +103,6 @@ def test_bad_tokenizer_files_are_data_errors(tmp_path, trained):
 
 
 def test_tokenizer_stage_trains_and_saves(tmp_path):
-    from configs.tokenizer import get_config
     from interplay_jax.main import run_config
 
     config = get_config("tiny")
@@ -108,7 +118,6 @@ def test_tokenizer_stage_trains_and_saves(tmp_path):
 
 
 def test_tokenizer_stage_from_jsonl(tmp_path):
-    from configs.tokenizer import get_config
     from interplay_jax.main import run_config
 
     data = tmp_path / "data"
@@ -132,7 +141,6 @@ def test_tokenizer_stage_from_jsonl(tmp_path):
     ("min_frequency", 0, "min_frequency"),
 ])
 def test_tokenizer_config_errors(field, value, message):
-    from configs.tokenizer import get_config
     from interplay_jax.config import validate
 
     config = get_config("tiny")
@@ -142,7 +150,6 @@ def test_tokenizer_config_errors(field, value, message):
 
 
 def test_tokenizer_config_missing_files(tmp_path):
-    from configs.tokenizer import get_config
     from interplay_jax.config import validate
 
     config = get_config("tiny")
