@@ -32,6 +32,7 @@ import numpy as np
 from flax import nnx
 
 DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048)
+_SHARED_JIT: dict = {}  # (graphdef, cfg, cache dtype, settings) -> jitted fn, shared by Samplers
 
 
 @dataclasses.dataclass
@@ -122,25 +123,39 @@ def _generate(graphdef, init_cache_fn, params, tokens_BxP, valid_BxP, done0_B, k
     return toks, lps, done, lengths
 
 
+def _default_cache(init_cache, cfg, dtype, batch, length):
+    return init_cache(cfg, batch, length, dtype)
+
+
 class Sampler:
     """Batched KV-cache sampler for a Qwen2 (or any model following the cache contract above).
 
     ``Sampler(model)`` takes the graph of an NNX model (its weights are passed to :meth:`sample`
-    as ``params = nnx.state(model)``, so one sampler serves every RL step).
+    as ``params = nnx.state(model)``, so one sampler serves every RL step); or
+    ``Sampler(graphdef, cfg)`` with the graphdef of ``nnx.split(model, nnx.Param)`` and the ModelConfig.
     """
 
-    def __init__(self, model: nnx.Module, *, pad_id: int = 1, prompt_buckets: Sequence[int] = DEFAULT_BUCKETS,
-                 cache_dtype=None, init_cache_fn: Callable | None = None):
-        self.graphdef, _ = nnx.split(model)
-        self.cfg = getattr(model, "cfg", None)
+    def __init__(self, model_or_graphdef, cfg=None, *, pad_id: int = 1,
+                 prompt_buckets: Sequence[int] = DEFAULT_BUCKETS, cache_dtype=None,
+                 init_cache_fn: Callable | None = None):
+        if isinstance(model_or_graphdef, nnx.Module):
+            self.graphdef, _ = nnx.split(model_or_graphdef, nnx.Param)
+            cfg = cfg or getattr(model_or_graphdef, "cfg", None)
+        else:
+            self.graphdef = model_or_graphdef
+        self.cfg = cfg
+        if cfg is None and init_cache_fn is None:
+            raise ValueError("Sampler(graphdef) needs cfg= (the ModelConfig) or init_cache_fn=")
         self.pad_id = int(pad_id)
         self.prompt_buckets = tuple(sorted(prompt_buckets))
+        self._share_key = None
         if init_cache_fn is None:
             from interplay_jax.model.qwen2 import init_cache
-            cfg = self.cfg
-            init_cache_fn = lambda b, s: init_cache(cfg, b, s, cache_dtype)  # noqa: E731
+            init_cache_fn = functools.partial(_default_cache, init_cache, cfg, cache_dtype)
+            self._share_key = (self.graphdef, cfg, str(cache_dtype))
         self._init_cache = init_cache_fn
-        self._compiled: dict = {}
+        # Samplers of the same model graph share compiled functions (e.g. several checkpoints).
+        self._compiled: dict = _SHARED_JIT.setdefault(self._share_key, {}) if self._share_key else {}
         self.compile_count = 0  # number of distinct (shapes, settings) traced so far
 
     def _fn(self, **static):
