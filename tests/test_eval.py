@@ -178,9 +178,13 @@ def micro_hf(tmp_path_factory, reference_dir):
 
 
 def _eval_config(ckpts, workdir, names=""):
-    import configs.eval as eval_configs  # noqa: F401  (configs/ is a plain directory)
+    import importlib.util
 
-    c = eval_configs.get_config("cpu")
+    path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "eval.py"
+    spec = importlib.util.spec_from_file_location("eval_config_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config("cpu")
     c.checkpoints = ",".join(str(p) for p in ckpts)
     c.workdir = str(workdir)
     c.eval.ops = "2,11"
@@ -192,13 +196,9 @@ def _eval_config(ckpts, workdir, names=""):
     return c
 
 
-def test_end_to_end_eval_and_resume(micro_hf, tmp_path, monkeypatch):
-    import sys
-
+def test_end_to_end_eval_and_resume(micro_hf, tmp_path):
     from interplay_jax.main import run_config
 
-    monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parents[1]))
-    sys.modules.pop("configs", None)
     out = run_config(_eval_config([micro_hf, micro_hf], tmp_path, names="base,rl"))
     res = report.load_results(tmp_path / "results.json")
     assert len(res["prompts"]) == 4 and all(len(p["samples"]) == 2 for p in res["prompts"])
@@ -214,14 +214,17 @@ def test_end_to_end_eval_and_resume(micro_hf, tmp_path, monkeypatch):
     assert again["summaries"]["rl"]["timing"]["completions"] == 0
 
 
-def test_missing_or_wrong_shape_checkpoint_is_one_config_error(micro_hf, tmp_path, monkeypatch):
+def test_missing_or_wrong_shape_checkpoint_is_one_config_error(micro_hf, tmp_path, reference_dir):
     import shutil
-    import sys
 
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from interplay_jax import checkpoint as ckpt
+    from interplay_jax.eval.evaluate import load_checkpoint
     from interplay_jax.main import run_config
+    from interplay_jax.model.qwen2 import Qwen2, model_config
 
-    monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parents[1]))
-    sys.modules.pop("configs", None)
     with pytest.raises(ConfigError, match="does not exist"):
         run_config(_eval_config([tmp_path / "missing"], tmp_path / "w1"))
     bad = tmp_path / "bad_hf"
@@ -235,3 +238,15 @@ def test_missing_or_wrong_shape_checkpoint_is_one_config_error(micro_hf, tmp_pat
     c.sampling.top_p = 0.0
     with pytest.raises(ConfigError, match="top_p"):
         run_config(c)
+    # one of our run dirs: loads at its latest step; a lineage naming another model shape -> ConfigError
+    run = tmp_path / "run"
+    _, params = nnx.split(Qwen2(model_config("micro"), rngs=nnx.Rngs(0)), nnx.Param)
+    lineage = {"model": {"preset": "micro"}, "tokenizer": str(reference_dir / "tokenizer.json")}
+    ckpt.write_lineage(run, "pretrain", config=lineage)
+    with ckpt.Checkpointer(run) as c:
+        c.save(3, {"params": params, "step": jnp.zeros((), jnp.int32)})
+    loaded = load_checkpoint(run)
+    assert loaded.step == 3 and loaded.source == "run"
+    ckpt.write_lineage(run, "pretrain", config=dict(lineage, model={"preset": "tiny"}))
+    with pytest.raises(ConfigError, match="wrong model shape"):
+        load_checkpoint(run)

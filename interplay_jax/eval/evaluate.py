@@ -119,12 +119,25 @@ def load_checkpoint(path, tokenizer: str | None = None, name: str | None = None,
     except Exception as e:  # noqa: BLE001 — orbax raises many types for a shape/structure mismatch
         msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         raise ConfigError(f"checkpoint {run_dir} step {step} does not fit model {config['model']}: {msg}") from None
+    _check_shapes(abstract, params, f"checkpoint {run_dir} step {step}", config["model"])
     tok_path = tokenizer or config.get("tokenizer") or ""
     if tok_path and not pathlib.Path(tok_path).exists() and (run_dir / "tokenizer.json").is_file():
         tok_path = run_dir / "tokenizer.json"
     if not tok_path:
         raise ConfigError(f"no tokenizer for {run_dir}: set --config.tokenizer")
     return Loaded(name, graphdef, params, cfg, Tok(tok_path), "run", step)
+
+
+def _check_shapes(abstract, params, where: str, model_spec) -> None:
+    want = jax.tree_util.tree_flatten_with_path(abstract)[0]
+    got = jax.tree.leaves(params)
+    if len(want) != len(got):
+        raise ConfigError(f"{where} has {len(got)} parameter arrays; model {model_spec} expects {len(want)}")
+    for (path, w), g in zip(want, got):
+        if tuple(w.shape) != tuple(np.shape(g)):
+            name = jax.tree_util.keystr(path)
+            raise ConfigError(f"{where}: parameter {name} has shape {tuple(np.shape(g))}, model {model_spec} "
+                              f"expects {tuple(w.shape)} (wrong model shape)")
 
 
 # ----------------------------------------------------------------------------------------- scoring
