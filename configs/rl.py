@@ -79,7 +79,9 @@ def get_config(arg=None):
         total_steps=0,                 # > 0 overrides the budget
         num_minibatches=4,             # optimizer updates per step (one pass over the rollouts)
         micro_batch_size=0,            # rollouts per forward/backward inside a mini-batch (0: whole)
-        rollout_batch_prompts=0))      # prompts per sampler call (0: all at once)
+        rollout_batch_prompts=0,       # prompts per sampler call (0: all at once)
+        prompt_buckets=""))            # comma-separated padded prompt lengths ("": 16, 32, ..., 2048);
+                                       # each bucket compiles the sampler and the update once
     c.grpo = ml_collections.ConfigDict(dict(
         clip_eps=0.2, dual_clip=3.0, kl_coef=1e-3, entropy_coef=0.0,
         loss_agg="dr_grpo" if dr else "token-mean",   # token-mean | seq-mean-token-mean | dr_grpo

@@ -7,19 +7,18 @@ import shutil
 import subprocess
 import sys
 
-import jax
+import jax.numpy as jnp
 import optax
 import pytest
+from flax import nnx
 
 from interplay_jax import checkpoint as ck
 from interplay_jax.errors import ConfigError
 from interplay_jax.main import run_config
-from interplay_jax.model.qwen2 import model_config_from_dict
+from interplay_jax.model.qwen2 import Qwen2, model_config_from_dict
 from interplay_jax.rl import data as rl_data
 from interplay_jax.task.mixture import get_mixture
 from interplay_jax.task.tokenizer import train_on_records
-from interplay_jax.train import lm_step
-from interplay_jax.train import sharding as shd
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -40,8 +39,8 @@ def parent(tmp_path_factory):
     tok_path = tok.save(str(root / "tokenizer.json"))
     model = dict(preset="micro", vocab_size=400, max_position_embeddings=512)
     cfg = model_config_from_dict(model)
-    mesh = shd.make_mesh()
-    _, state = lm_step.init_state(cfg, optax.adamw(1e-3), 0, mesh)
+    params = nnx.split(Qwen2(cfg, rngs=nnx.Rngs(params=0)), nnx.Param)[1]
+    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": optax.adamw(1e-3).init(params)}
     run_dir = root / "pretrain"
     with ck.Checkpointer(run_dir) as c:
         c.save(5, state, meta={"stage": "pretrain"})
@@ -55,7 +54,8 @@ def _config(parent, workdir, steps=2, **rl):
     c.tokenizer = parent["tokenizer"]
     c.init_from = str(parent["run_dir"])
     c.data.ops = (2, 3)
-    c.rl.update(dict(num_prompts=2, n=2, max_response_len=12, total_steps=steps, num_minibatches=2, **rl))
+    c.rl.update(dict(num_prompts=2, n=2, max_response_len=12, total_steps=steps, num_minibatches=2,
+                     prompt_buckets="256", **rl))
     c.optimizer.lr = 1e-3
     c.progress = False
     return c
@@ -65,11 +65,24 @@ def _samples(workdir):
     return [json.loads(line) for line in (pathlib.Path(workdir) / "samples.jsonl").read_text().splitlines()]
 
 
+def _prompt_lengths(parent, config, steps):
+    from interplay_jax.task.tokenizer import Tokenizer
+    tok = Tokenizer.load(parent["tokenizer"])
+    src = rl_data.prompt_source_from_config(config)
+    return [[len(tok.encode_prompt(r)) for r in src.step_records(s, config.rl.num_prompts)] for s in range(steps)]
+
+
 def test_rl_stage_runs_and_resumes_exactly(parent, tmp_path):
     a = tmp_path / "a"
-    summary = run_config(_config(parent, a, steps=2))
+    config = _config(parent, a, steps=2)
+    lengths = _prompt_lengths(parent, config, 2)
+    # drop the longest prompt(s): they are filtered and counted, the rest still train
+    config.rl.max_prompt_len = max(max(ls) for ls in lengths) - 1
+    filtered = [sum(n > config.rl.max_prompt_len for n in ls) for ls in lengths]
+    summary = run_config(config)
     assert summary["steps"] == 2 and summary["reason"] == "done"
     assert summary["parent"]["step"] == 5
+    assert summary["filtered_prompts"] == sum(filtered) >= 1
     for key in ("reward_mean", "reward_std", "verified_acc", "response_len", "kl", "clip_frac", "entropy",
                 "tokens_per_s", "loss", "grad_norm"):
         assert key in summary["final"], key
@@ -78,6 +91,7 @@ def test_rl_stage_runs_and_resumes_exactly(parent, tmp_path):
     assert (a / "tb").is_dir()
     rows = _samples(a)
     assert [r["step"] for r in rows] == [1, 2]
+    assert [r["filtered_prompts"] for r in rows] == filtered
     assert rows[0]["rollout_digest"] != rows[1]["rollout_digest"]  # keys differ per step
 
     # resume: a run dir holding only A's step-1 checkpoint continues to step 2 with the same rollouts
@@ -85,7 +99,9 @@ def test_rl_stage_runs_and_resumes_exactly(parent, tmp_path):
     (b / ck.CKPT_SUBDIR).mkdir(parents=True)
     shutil.copytree(a / ck.CKPT_SUBDIR / "1", b / ck.CKPT_SUBDIR / "1")
     shutil.copy(a / ck.LINEAGE_FILE, b / ck.LINEAGE_FILE)
-    resumed = run_config(_config(parent, b, steps=2))
+    config_b = _config(parent, b, steps=2)
+    config_b.rl.max_prompt_len = config.rl.max_prompt_len
+    resumed = run_config(config_b)
     assert resumed["steps"] == 2
     assert [r["step"] for r in _samples(b)] == [2]
     assert _samples(b)[0]["rollout_digest"] == rows[1]["rollout_digest"]
@@ -125,12 +141,13 @@ def test_prompt_source_is_deterministic_disjoint_and_filters(parent, tmp_path):
         rl_data.rl_mixture("op99")
 
 
-def test_long_prompts_are_filtered_and_counted(parent, tmp_path):
-    summary = run_config(_filtered_config(parent, tmp_path / "f"))
-    assert summary["filtered_prompts"] == 2 and summary["steps"] == 1
-
-
-def _filtered_config(parent, workdir):
-    c = _config(parent, workdir, steps=1, max_prompt_len=8)
-    c.grpo.kl_coef = 0.0     # also: no reference model at all
-    return c
+def test_no_reference_model_when_kl_is_zero(parent, tmp_path, monkeypatch):
+    """kl_coef = 0: the parent is read once (init) and never again for a reference policy."""
+    calls = []
+    real = ck.restore_params
+    monkeypatch.setattr(ck, "restore_params", lambda *a, **k: calls.append(a) or real(*a, **k))
+    c = _config(parent, tmp_path / "nokl", steps=1)
+    c.grpo.kl_coef = 0.0
+    summary = run_config(c)
+    assert summary["steps"] == 1 and "kl" not in summary["final"]
+    assert len(calls) == 1

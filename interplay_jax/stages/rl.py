@@ -82,7 +82,7 @@ class RolloutProducer:
     def __init__(self, config, *, graphdef, model_cfg, tokenizer, prompts, reward, mesh, ref_params,
                  logprob_fn, samples_path=None):
         from interplay_jax.model.qwen2 import abstract_model
-        from interplay_jax.rl.sampler import Sampler
+        from interplay_jax.rl.sampler import DEFAULT_BUCKETS, Sampler
         self.c = config.rl
         self.seed = int(config.seed)
         self.tokenizer = tokenizer
@@ -95,7 +95,9 @@ class RolloutProducer:
         self.samples_path = samples_path
         self.stop_ids = [tokenizer.token_to_id(t) for t in STOP_TOKENS]
         self.pad_id = int(tokenizer.pad_id)
-        self.sampler = Sampler(abstract_model(model_cfg), pad_id=self.pad_id)
+        buckets = [int(b) for b in str(self.c.get("prompt_buckets", "") or "").split(",") if b.strip()]
+        self.buckets = tuple(buckets) or DEFAULT_BUCKETS
+        self.sampler = Sampler(abstract_model(model_cfg), pad_id=self.pad_id, prompt_buckets=self.buckets)
         self.rows = int(self.c.num_prompts) * int(self.c.n)
         self.filtered_total = 0
 
@@ -124,7 +126,7 @@ class RolloutProducer:
         rewards = np.array([self.reward.from_verdict(v) for v in verdicts], np.float32)
         adv = grpo.group_advantages(rewards, n, std_normalize=self.std_normalize) if len(rewards) else rewards
         kept_prompts = [prompt_ids[i] for i in kept]
-        p_len = bucket_length(max((len(p) for p in kept_prompts), default=1))
+        p_len = bucket_length(max((len(p) for p in kept_prompts), default=1), self.buckets)
         batch = grpo.assemble_rollouts(kept_prompts, res.tokens, res.lengths, res.prompt_index, prompt_len=p_len,
                                        pad_id=self.pad_id, num_rows=self.rows)
         batch["advantages"] = np.zeros((self.rows,), np.float32)
@@ -207,20 +209,24 @@ def run(config):
     ocfg = _optimizer_config(config, steps)
     schedule = optim.make_schedule(ocfg)
     tx = optim.make_optimizer(ocfg, schedule)
-    graphdef, state = lm_step.init_state(model_cfg, tx, int(config.seed), mesh)
-    state_sh = lm_step.shardings_of(state)
+    # shapes only: every state leaf comes from a checkpoint (no random init to compile)
+    graphdef, abstract = lm_step.abstract_state(model_cfg, tx)
+    state_sh = shd.state_shardings(abstract, mesh)
+    target = ck.abstract_target(abstract, state_sh)
     gcfg = grpo_config(config)
 
     start, parent = 0, None
     if checkpointer.latest_step() is not None:
-        state, _, meta = checkpointer.restore(target=ck.abstract_target(state))
+        state, _, meta = checkpointer.restore(target=target)
         start = int(checkpointer.latest_step())
         parent = meta.get("parent")
         print(f"rl: resuming {workdir} from step {start}/{steps}")
     else:
         init_step = int(config.init_step) if int(config.init_step) >= 0 else None
-        params, prun, pstep = ck.restore_params(str(config.init_from), target=state["params"], step=init_step)
-        state = jax.device_put({**state, "params": params, "opt_state": tx.init(params)}, state_sh)
+        params, prun, pstep = ck.restore_params(str(config.init_from), target=target["params"], step=init_step)
+        opt_state = jax.jit(tx.init, out_shardings=state_sh["opt_state"])(params)
+        state = {"step": jax.device_put(np.zeros((), np.int32), state_sh["step"]), "params": params,
+                 "opt_state": opt_state}
         parent = {"run_dir": str(prun), "step": int(pstep)}
         print(f"rl: starting from {prun} step {pstep} (params; fresh optimizer)")
     if start == 0 or not lineage_path.exists():
@@ -231,7 +237,7 @@ def run(config):
     if gcfg.kl_coef > 0:
         if parent is None:
             raise ConfigError(f"{workdir}: cannot find the parent run for the KL reference (no lineage parent)")
-        ref_params, _, _ = ck.restore_params(parent["run_dir"], target=state["params"], step=int(parent["step"]))
+        ref_params, _, _ = ck.restore_params(parent["run_dir"], target=target["params"], step=int(parent["step"]))
     mb = int(config.rl.micro_batch_size or 0) or None
     logprob_fn = grpo.make_logprob_fn(graphdef, temperature=gcfg.temperature, micro_batch_size=mb, mesh=mesh,
                                       param_shardings=state_sh["params"], batch_sharding=shd.batch_sharding(mesh))
