@@ -160,6 +160,9 @@ def _validate_rl(config, check_files: bool = True) -> None:
     require(r.n >= 2, f"rl: rl.n={r.n} rollouts per prompt; GRPO needs >= 2 (group-normalised advantages)")
     for k in ("prompt_budget", "total_steps", "micro_batch_size", "rollout_batch_prompts", "top_k"):
         require(int(r.get(k, 0) or 0) >= 0, f"rl: rl.{k}={r.get(k)!r} must be >= 0")
+    buckets = str(r.get("prompt_buckets", "") or "").split(",")
+    require(all(b.strip().isdigit() and int(b) > 0 for b in buckets if b.strip()),
+            f"rl: rl.prompt_buckets={r.get('prompt_buckets')!r} must be comma-separated positive lengths")
     require(float(r.temperature) > 0, f"rl: rl.temperature={r.temperature} must be > 0 for GRPO rollouts")
     require(0 < float(r.top_p) <= 1, f"rl: rl.top_p={r.top_p} must be in (0, 1]")
     rows = r.num_prompts * r.n
