@@ -15,8 +15,6 @@ stream exactly (the packer re-reads its current buffer from the recorded parent 
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import pathlib
 from typing import Any, Callable, Iterable, Sequence
 
@@ -24,17 +22,17 @@ import grain
 import numpy as np
 
 from interplay_jax.errors import DataError
+from interplay_jax.task.generator import content_hash
+from interplay_jax.task.writer import read_jsonl
 
 # ---------------------------------------------------------------------------- records
 
 
 def record_hash(record: dict) -> str:
-    """Content hash of a problem: sha256 of (problem, question, solution) — the dedup key."""
-    h = hashlib.sha256()
-    for field in ("problem", "question", "solution"):
-        h.update(str(record.get(field, "")).encode())
-        h.update(b"\x00")
-    return h.hexdigest()
+    """Content hash of a problem (the task layer's dedup key / record id): SHA-256 of
+    (problem, question, solution). Always recomputed, never read from the ``id`` field."""
+    return content_hash(str(record.get("problem", "")), str(record.get("question", "")),
+                        str(record.get("solution", "")))
 
 
 class GeneratorSource:
@@ -51,19 +49,8 @@ class GeneratorSource:
 
 
 def _read_jsonl(path) -> list[dict]:
-    try:  # the task layer's reader raises DataError "file:line: reason"
-        from interplay_jax.task.writer import read_jsonl
-        return list(read_jsonl(path))
-    except ImportError:
-        out = []
-        with open(path) as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        out.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise DataError(f"{path}:{n}: invalid JSON ({e.msg})") from None
-        return out
+    """The task layer's checked reader (DataError "file:line: reason" on a bad line)."""
+    return list(read_jsonl(path))
 
 
 def split_files(data_dir, split: str) -> list[pathlib.Path]:
@@ -72,18 +59,23 @@ def split_files(data_dir, split: str) -> list[pathlib.Path]:
     return sorted(root.rglob("*.jsonl")) if root.is_dir() else []
 
 
-def heldout_hashes(data_dir, splits: Sequence[str] = ("heldout", "val", "test")) -> set[str]:
-    """Content hashes of every record in the held-out / eval splits under ``data_dir``."""
+def heldout_hashes(data_dir, splits: Sequence[str] | None = None) -> set[str]:
+    """Content hashes of every record in the non-train splits under ``data_dir`` (heldout/,
+    val/, test/, eval/, ...: every split directory except train/), or in ``splits``."""
+    root = pathlib.Path(data_dir)
+    if splits is None:
+        splits = [d.name for d in sorted(root.iterdir()) if d.is_dir() and d.name != "train"] if root.is_dir() else []
     return {record_hash(r) for s in splits for f in split_files(data_dir, s) for r in _read_jsonl(f)}
 
 
 def load_train_records(data_dir, tokens_per_op: dict | None, count_tokens: Callable[[dict], int],
-                       total_tokens: int | None = None) -> list[dict]:
+                       total_tokens: int | None = None, strict: bool = False) -> list[dict]:
     """Records of ``train/{op}/*.jsonl`` in file order, per op up to its token budget.
 
     ``tokens_per_op``: {op: tokens}; ops not named are left out. None: every op, no limit.
-    ``total_tokens`` caps the sum (used when the budget is one number). Raises DataError
-    when the budget of an op asks for more tokens than its files hold.
+    ``total_tokens`` caps the sum (used when the budget is one number). When an op's files hold
+    fewer tokens than its budget: DataError if ``strict``, else a printed note (the training stream
+    then repeats the data: several epochs).
     """
     root = pathlib.Path(data_dir) / "train"
     if not root.is_dir():
@@ -109,7 +101,10 @@ def load_train_records(data_dir, tokens_per_op: dict | None, count_tokens: Calla
                 out.append(r)
                 used += count_tokens(r)
         if budget is not None and used < budget:
-            raise DataError(f"{op_dirs[op]}: op {op} holds {used} tokens, fewer than its budget {budget}")
+            msg = f"{op_dirs[op]}: op {op} holds {used} tokens, fewer than its budget {budget}"
+            if strict:
+                raise DataError(msg)
+            print(f"note: {msg}; the data repeat (more than one epoch)")
     if total_tokens is not None:
         kept, used = [], 0
         for r in out:

@@ -1,0 +1,86 @@
+"""Pre-training configs: ``--config=configs/pretrain.py:<mixture>[,<scale>]``.
+
+mixture (SPEC §3-§4; default ``base``): base (20/30/50 over op2-4/5-7/8-10), hard0.1, hard5, hard20,
+hard33 (uniform op2-10), hard50, ctxB0, ctxB0.1, ctxB1, ctxB10 (op2-20 context A + op2 context B),
+or any preset of interplay_jax.task.mixture.
+scale (default ``cpu``):
+  paper  the study's numbers: paper100m (bf16), 10B tokens, 256 x 2048 batch (512K tokens),
+         AdamW (0.9, 0.999, 1e-8), wd 0.1, clip 1.0, warmup 5%, cosine to 3e-5, peak lr 1e-4
+         (the released configs; the paper text says 2e-4: --config.optimizer.lr=2e-4).
+  cpu    the ``tiny`` model, 8 x 1024 batch, 200 steps, lr 1e-3 -> 3e-4 (10x the paper's: a tiny
+         model in a few hundred steps), finishes in minutes on 2 CPU cores.
+Examples: ``configs/pretrain.py`` (base,cpu), ``configs/pretrain.py:hard50,paper``,
+``configs/pretrain.py:ctxB1,cpu --config.workdir=runs/ctxB1``.
+Data: the generator on the fly (``data.source=generator``) or files of the generate stage / the
+published dataset (``data.source=jsonl --config.data.data_dir=DIR``); ``tokenizer`` is a
+tokenizer.json (make one with configs/tokenizer.py).
+"""
+import ml_collections
+
+SCALES = ("cpu", "paper")
+
+
+def parse_arg(arg, default_mixture):
+    mixture, scale = default_mixture, "cpu"
+    for part in [p.strip() for p in (arg or "").split(",") if p.strip()]:
+        if part in SCALES:
+            scale = part
+        else:
+            mixture = part
+    return mixture, scale
+
+
+def train_config(stage, arg, default_mixture):
+    """The shared pretrain / midtrain config (midtrain.py changes the stage-specific fields)."""
+    mixture, scale = parse_arg(arg, default_mixture)
+    c = ml_collections.ConfigDict()
+    c.stage = stage
+    c.workdir = f"runs/{stage}_{mixture}_{scale}"
+    c.seed = 0
+    c.mixture = mixture
+    c.modes = "normalforward"          # comma-separated default mode mix of the mixture
+    c.tokenizer = "runs/tokenizer/tokenizer.json"
+    c.data = ml_collections.ConfigDict(dict(
+        source="generator",            # "generator" (on the fly) | "jsonl" (data_dir in the published layout)
+        data_dir="",
+        buffer_docs=256,               # first-fit-decreasing packing window (documents)
+        num_threads=1))                # grain read threads (tokenize + generate)
+    c.init_from = ""                   # parent run dir (or its checkpoints/<step>): params only
+    c.init_step = -1                   # parent checkpoint step (-1: its latest)
+    c.model = ml_collections.ConfigDict(dict(preset="paper100m", dtype="bfloat16"))
+    c.seq_len = 2048
+    c.batch_size = 256                 # global rows per optimizer step
+    c.grad_accum_steps = 1
+    c.total_tokens = 10_000_000_000
+    c.total_steps = 0                  # > 0 overrides total_tokens
+    c.document_mask = False            # the original: plain causal attention across packed docs
+    c.optimizer = ml_collections.ConfigDict(dict(
+        lr=1e-4, min_lr=3e-5, warmup_frac=0.05, warmup_steps=0, schedule="cosine",
+        b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.1, grad_clip=1.0))
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.log_every = 10
+    c.ckpt_every = 1000
+    c.keep_checkpoints = 3
+    c.eval_every = 500
+    c.eval = ml_collections.ConfigDict(dict(
+        buckets="ID:2-10,OOD-edge:11-14,OOD-hard:15-20",  # held-out loss per op bucket
+        per_bucket=256, batch_size=32))
+    c.peak_flops = 990e12              # per device (H100 bf16 dense), for MFU
+    if scale == "cpu":
+        c.model = ml_collections.ConfigDict(dict(preset="tiny", dtype="float32"))
+        c.seq_len = 1024
+        c.batch_size = 8
+        c.total_tokens = 8 * 1024 * 200          # 200 steps
+        c.ckpt_every = 50
+        c.eval_every = 50
+        c.eval.per_bucket = 16
+        c.eval.batch_size = 8
+        c.peak_flops = 1e11                      # a nominal 2-core CPU figure
+        # a 1M-parameter model learns little in 200 steps at the paper's 1e-4: 10x (both stages)
+        c.optimizer.lr = 1e-3
+        c.optimizer.min_lr = 3e-4
+    return c
+
+
+def get_config(arg=None):
+    return train_config("pretrain", arg, "base")

@@ -1,0 +1,96 @@
+"""Stage ``pipeline``: run several stages in order, each in ``WORKDIR/<name>/`` (the quickstart).
+
+``config.stages`` is a comma-separated list of names ("generate,tokenizer,pretrain,midtrain");
+``config.<name>`` is that stage's full config (with its own ``stage`` field). Any string field of a
+sub-config may say ``{workdir}``: it becomes the pipeline's workdir, which is how stages are wired
+(e.g. ``pretrain.tokenizer = "{workdir}/tokenizer/tokenizer.json"``, ``midtrain.init_from =
+"{workdir}/pretrain"``). A finished stage leaves ``WORKDIR/<name>/pipeline_done.json`` and is skipped
+on a rerun; an unfinished one resumes (rerun the same command). Later issues append rl / eval.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+
+DONE_FILE = "pipeline_done.json"
+
+
+def _fill(cfg, workdir: str):
+    """Replace ``{workdir}`` in every string field (recursively) of an unlocked ConfigDict."""
+    for key in list(cfg.keys()):
+        value = cfg[key]
+        if hasattr(value, "keys") and hasattr(value, "unlocked"):
+            _fill(value, workdir)
+        elif isinstance(value, str) and "{workdir}" in value:
+            cfg[key] = value.replace("{workdir}", workdir)
+
+
+def sub_config(config, name: str):
+    """The config of stage ``name`` with its workdir and ``{workdir}`` references filled in."""
+    import copy
+    workdir = str(pathlib.Path(str(config.workdir)).absolute())
+    sub = copy.deepcopy(config[name])
+    with sub.unlocked():
+        sub.workdir = str(pathlib.Path(workdir) / name)
+        _fill(sub, workdir)
+    return sub
+
+
+def _describe(name: str, out, subdir: pathlib.Path) -> list[str]:
+    lines = [f"  {name:<10} {subdir}"]
+    if isinstance(out, dict):
+        if out.get("checkpoints_dir"):
+            fin = out.get("final") or {}
+            loss = f", final loss {fin['loss']:.4f}" if "loss" in fin else ""
+            lines.append(f"             checkpoints {out['checkpoints_dir']} (step {out.get('checkpoint')}){loss}")
+            lines.append(f"             tensorboard {out.get('tensorboard_dir')}")
+            held = {k.split('/', 1)[1]: v for k, v in fin.items() if k.startswith("eval/heldout_loss/")}
+            if held:
+                lines.append("             held-out loss " + ", ".join(f"{k} {v:.3f}" for k, v in held.items()))
+    return lines
+
+
+def run_config(config):
+    """Validate and run one stage (as interplay_jax.main does; importing main would redefine its flags)."""
+    import importlib
+
+    from interplay_jax import config as config_lib
+    config_lib.validate(config)
+    module = "train" if config.stage in ("pretrain", "midtrain") else config.stage
+    return importlib.import_module(f"interplay_jax.stages.{module}").run(config)
+
+
+def run(config):
+    t0 = time.time()
+    workdir = pathlib.Path(str(config.workdir)).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    names = [s.strip() for s in str(config.stages).split(",") if s.strip()]
+    outputs = {}
+    for i, name in enumerate(names, 1):
+        sub = sub_config(config, name)
+        subdir = pathlib.Path(sub.workdir)
+        done = subdir / DONE_FILE
+        if done.is_file():
+            print(f"[{i}/{len(names)}] {name}: done earlier ({done}); skipping")
+            outputs[name] = json.loads(done.read_text()).get("output")
+            continue
+        print(f"[{i}/{len(names)}] {name}: {sub.stage} -> {subdir}")
+        t = time.time()
+        out = run_config(sub)
+        if isinstance(out, dict) and out.get("reason") not in (None, "done"):
+            print(f"pipeline stopped in {name} ({out.get('reason')}); rerun the same command to resume")
+            return {"stopped_in": name, "outputs": outputs}
+        subdir.mkdir(parents=True, exist_ok=True)
+        safe = json.loads(json.dumps(out, default=str)) if out is not None else None
+        done.write_text(json.dumps({"stage": sub.stage, "seconds": round(time.time() - t, 1), "output": safe},
+                                   indent=2))
+        outputs[name] = safe
+    lines = [f"pipeline done in {time.time() - t0:.0f}s; everything is under {workdir}:"]
+    for name in names:
+        lines += _describe(name, outputs.get(name), workdir / name)
+    lines.append(f"TensorBoard: tensorboard --logdir {workdir}")
+    lines.append(f"Lineage:     python -m interplay_jax.lineage {workdir / names[-1]} --digest")
+    print("\n".join(lines))
+    (workdir / "pipeline_summary.json").write_text(json.dumps(outputs, indent=2, default=str))
+    return outputs
