@@ -87,6 +87,8 @@ def heldout_records(config, mixture) -> dict[str, list[dict]]:
             if sel:
                 out[name] = sel
         return out
+    if n <= 0:
+        return out
     seed = split_seed(int(config.seed), "heldout")
     for name, ops in buckets:
         m = get_mixture({"ops": ops, "contexts": sorted({c for comp in mixture.components for c in comp.contexts})})
