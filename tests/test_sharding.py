@@ -146,3 +146,17 @@ def test_mesh_shape_rules():
         shd.mesh_shape(2, 2, 1, 8)
     with pytest.raises(ConfigError, match="at most one -1"):
         shd.mesh_shape(-1, -1, 1, 8)
+
+
+def test_initialize_distributed_single_process_and_bad_config(monkeypatch):
+    for key in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "INTERPLAY_DISTRIBUTED"):
+        monkeypatch.delenv(key, raising=False)
+    assert shd.initialize_distributed(None) is False  # one process: no-op
+    assert shd.initialize_distributed(types.SimpleNamespace(num_processes=1)) is False
+    with pytest.raises(ConfigError, match="needs coordinator_address"):
+        shd.initialize_distributed(types.SimpleNamespace(num_processes=2, process_id=0))
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "localhost:1234")
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
+    monkeypatch.setenv("JAX_PROCESS_ID", "2")
+    with pytest.raises(ConfigError, match="process_id=2 must be in"):
+        shd.initialize_distributed(None)

@@ -192,8 +192,9 @@ def initialize_distributed(dcfg=None) -> bool:
 
     Sources, first found wins per field: the config (``coordinator_address``, ``num_processes``,
     ``process_id``, ``local_device_ids``), then the env (``JAX_COORDINATOR_ADDRESS``,
-    ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``, ``JAX_LOCAL_DEVICE_IDS``). ``auto=True`` (TPU pods,
-    SLURM, ...) lets JAX detect everything itself. One process (the default): a no-op.
+    ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``, ``JAX_LOCAL_DEVICE_IDS``). ``auto=True`` or env
+    ``INTERPLAY_DISTRIBUTED=auto`` (TPU pods, SLURM, Open MPI, ...) lets JAX detect everything
+    itself. One process (the default): a no-op.
     Returns True when jax.distributed was initialized by this call.
     """
     env = os.environ
@@ -205,7 +206,7 @@ def initialize_distributed(dcfg=None) -> bool:
     local_ids = _field(dcfg, "local_device_ids")
     if local_ids is None and env.get("JAX_LOCAL_DEVICE_IDS"):
         local_ids = [int(i) for i in env["JAX_LOCAL_DEVICE_IDS"].split(",")]
-    auto = bool(_field(dcfg, "auto"))
+    auto = bool(_field(dcfg, "auto")) or env.get("INTERPLAY_DISTRIBUTED", "").lower() == "auto"
     if _already_initialized():
         return False
     if auto and nproc is None:
