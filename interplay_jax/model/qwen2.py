@@ -20,8 +20,10 @@ layers[i].gate_kernel  [D, F]                  up_kernel [D, F], down_kernel [F,
 final_norm             [D]
 =====================  ======================  =========================================
 
-Activations use the [B, T, heads, head_dim] layout throughout (no transposes); GQA is an einsum over
-[B, T, K, G, Dh] queries against [B, S, K, Dh] keys, so K/V are never repeated.
+Activations use the [B, T, heads, head_dim] layout; attention regroups queries as [B, K, G*T, Dh]
+(G = H/K query heads per KV head) so GQA is two batched matmuls and K/V are never repeated. On CPU
+the q/k/v and gate/up kernels are concatenated at use into one matmul each (params stay separate so
+the sharding rules of interplay_jax/train/sharding.py apply unchanged).
 
 KV cache (see :func:`init_cache`): a dict of plain arrays with static shapes
 ``{"k": [L, B, S, K, Dh], "v": [L, B, S, K, Dh], "valid": [B, S] bool, "pos": [B] int32,
@@ -191,16 +193,24 @@ def segment_positions(segment_ids_BxT):
 
 
 def _einsum_attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, mask_BxTxS):
-    """GQA attention without repeating K/V; fp32 softmax; fully masked rows give a uniform average."""
+    """GQA attention without repeating K/V; fp32 softmax; fully masked rows give a uniform average.
+
+    The G query heads of each KV head are stacked along the query axis ([B, K, G*T, Dh]), so both
+    products are plain batched matmuls over (B, K): on XLA CPU this is ~20% faster end to end than
+    contracting the [B, T, K, G, Dh] layout directly.
+    """
     b, t, h, dh = q_BxTxHxD.shape
-    kv = k_BxSxKxD.shape[2]
-    q = q_BxTxHxD.reshape(b, t, kv, h // kv, dh)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k_BxSxKxD, preferred_element_type=jnp.float32)
-    scores = scores * (1.0 / math.sqrt(dh))
+    s, kv = k_BxSxKxD.shape[1], k_BxSxKxD.shape[2]
+    g = h // kv
+    q = q_BxTxHxD.reshape(b, t, kv, g, dh).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * t, dh)
+    k = k_BxSxKxD.transpose(0, 2, 1, 3)  # [B, K, S, Dh]
+    v = v_BxSxKxD.transpose(0, 2, 1, 3)
+    scores = jnp.einsum("bkqd,bksd->bkqs", q, k, preferred_element_type=jnp.float32)
+    scores = scores.reshape(b, kv, g, t, s) * (1.0 / math.sqrt(dh))
     scores = jnp.where(mask_BxTxS[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v_BxSxKxD.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v_BxSxKxD)
-    return out.reshape(b, t, h, dh)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, kv, g * t, s)
+    out = jnp.einsum("bkqs,bksd->bkqd", probs, v)  # [B, K, G*T, Dh]
+    return out.reshape(b, kv, g, t, dh).transpose(0, 3, 1, 2, 4).reshape(b, t, h, dh)
 
 
 def attention(q, k, v, mask_BxTxS, impl: str):
@@ -209,6 +219,12 @@ def attention(q, k, v, mask_BxTxS, impl: str):
     if impl == "jax":
         return jax.nn.dot_product_attention(q, k, v, mask=mask_BxTxS[:, None, :, :])
     return _einsum_attention(q, k, v, mask_BxTxS)
+
+
+def _fuse_projections() -> bool:
+    """Fuse q/k/v (and gate/up) into one matmul each on CPU, where it is faster. Elsewhere keep
+    them apart: under tensor parallelism concatenating head-sharded kernels would all-gather them."""
+    return jax.default_backend() == "cpu"
 
 
 def _normal(rngs: nnx.Rngs, shape, std, dtype):
@@ -242,10 +258,21 @@ class DecoderLayer(nnx.Module):
         Returns (x, (k_cache, v_cache) or None)."""
         cfg, dt = self.cfg, self.cfg.compute_dtype
         c = lambda p: p[...].astype(dt)  # noqa: E731
+        b, t, d = x_BxTxD.shape
+        nh, nk, dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        fuse = _fuse_projections()
         h = rms_norm(x_BxTxD, self.attn_norm[...], cfg.rms_norm_eps)
-        q = jnp.einsum("btd,dhk->bthk", h, c(self.q_kernel)) + c(self.q_bias)
-        k = jnp.einsum("btd,dhk->bthk", h, c(self.k_kernel)) + c(self.k_bias)
-        v = jnp.einsum("btd,dhk->bthk", h, c(self.v_kernel)) + c(self.v_bias)
+        if fuse:  # one [D, (H+2K)*Dh] matmul instead of three
+            w = jnp.concatenate([c(p).reshape(d, -1) for p in (self.q_kernel, self.k_kernel, self.v_kernel)], 1)
+            bias = jnp.concatenate([c(p).reshape(-1) for p in (self.q_bias, self.k_bias, self.v_bias)])
+            qkv = h @ w + bias
+            q = qkv[..., :nh * dh].reshape(b, t, nh, dh)
+            k = qkv[..., nh * dh:(nh + nk) * dh].reshape(b, t, nk, dh)
+            v = qkv[..., (nh + nk) * dh:].reshape(b, t, nk, dh)
+        else:
+            q = jnp.einsum("btd,dhk->bthk", h, c(self.q_kernel)) + c(self.q_bias)
+            k = jnp.einsum("btd,dhk->bthk", h, c(self.k_kernel)) + c(self.k_bias)
+            v = jnp.einsum("btd,dhk->bthk", h, c(self.v_kernel)) + c(self.v_bias)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         new_cache = None
         if kv_cache is not None:
@@ -259,8 +286,12 @@ class DecoderLayer(nnx.Module):
         a = attention(q, k, v, mask_BxTxS, cfg.attention)
         x_BxTxD = x_BxTxD + jnp.einsum("bthk,hkd->btd", a, c(self.o_kernel))
         h = rms_norm(x_BxTxD, self.mlp_norm[...], cfg.rms_norm_eps)
-        g = jnp.einsum("btd,df->btf", h, c(self.gate_kernel))
-        u = jnp.einsum("btd,df->btf", h, c(self.up_kernel))
+        if fuse:  # one [D, 2F] matmul
+            gu = h @ jnp.concatenate([c(self.gate_kernel), c(self.up_kernel)], 1)
+            g, u = gu[..., :cfg.intermediate_size], gu[..., cfg.intermediate_size:]
+        else:
+            g = jnp.einsum("btd,df->btf", h, c(self.gate_kernel))
+            u = jnp.einsum("btd,df->btf", h, c(self.up_kernel))
         x_BxTxD = x_BxTxD + jnp.einsum("btf,fd->btd", jax.nn.silu(g) * u, c(self.down_kernel))
         return x_BxTxD, new_cache
 
