@@ -16,7 +16,7 @@ def toy():
     # Large init + untied head so random logits are far from uniform and greedy is not degenerate.
     cfg = model_config("micro", vocab_size=24, init_std=0.5, tie_embeddings=False)
     model = Qwen2(cfg, rngs=nnx.Rngs(0))
-    return model, Sampler(model, pad_id=PAD), nnx.state(model)
+    return model, Sampler(model, pad_id=PAD), nnx.state(model, nnx.Param)
 
 
 def _full_logits(model, seq, width=32):
@@ -32,8 +32,11 @@ def _uncached_greedy(model, prompt, steps):
     return seq[len(prompt):]
 
 
-def test_cached_greedy_equals_uncached(toy):
+@pytest.mark.parametrize("fast_decode", [True, False])
+def test_cached_greedy_equals_uncached(toy, fast_decode):
     model, sampler, params = toy
+    if not fast_decode:  # the model's own cached call instead of the sampler's per-layer decode step
+        sampler = Sampler(model, pad_id=PAD, fast_decode=False)
     prompts = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 2, 3], [20]]
     steps = 10
     res = sampler.sample(params, prompts, n=2, max_new_tokens=steps, temperature=0.0, key=jax.random.key(0))

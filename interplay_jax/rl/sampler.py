@@ -89,14 +89,59 @@ def sample_token(logits_BxV, key, *, temperature: float, top_k: int = 0, top_p: 
     return jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
 
 
-def _generate(graphdef, init_cache_fn, params, tokens_BxP, valid_BxP, done0_B, key, *, max_new_tokens,
-              temperature, top_k, top_p, stop_ids, pad_id):
-    """The jitted body: prefill the left-padded prompts, then decode until all rows are done."""
+def _split_cache(cache):
+    """Stacked [L, ...] K/V -> tuples of per-layer arrays (each updated in place in the loop)."""
+    n = cache["k"].shape[0]
+    return dict(cache, k=tuple(cache["k"][i] for i in range(n)), v=tuple(cache["v"][i] for i in range(n)))
+
+
+def _decode_one(model, tok_B, cache):
+    """One decode step of a Qwen2 over a per-layer-tuple cache (see :func:`_split_cache`).
+
+    Same computation as ``model(tok[:, None], cache=...)`` (interplay_jax.model.qwen2._cached_call),
+    but the K/V of each layer stay separate arrays, so XLA updates them in place inside the
+    while loop instead of re-stacking the whole [L, B, S, K, Dh] cache every token.
+    """
+    from interplay_jax.model.qwen2 import rope_tables
+
+    cfg = model.cfg
+    b = tok_B.shape[0]
+    s = cache["k"][0].shape[1]
+    index = cache["index"]
+    x = jnp.take(model.embed[...], tok_B[:, None], axis=0).astype(cfg.compute_dtype)
+    valid = jax.lax.dynamic_update_slice(cache["valid"], jnp.ones((b, 1), bool), (jnp.zeros((), jnp.int32), index))
+    mask = valid[:, None, :] & (jnp.arange(s, dtype=jnp.int32) <= index)[None, None, :]
+    cos, sin = rope_tables(cache["pos"][:, None], cfg.head_dim, cfg.rope_theta)
+    ks, vs = [], []
+    for i, layer in enumerate(model.layers):
+        x, (k_i, v_i) = layer(x, cos, sin, mask, kv_cache=(cache["k"][i], cache["v"][i]), cache_index=index)
+        ks.append(k_i)
+        vs.append(v_i)
+    new_cache = dict(k=tuple(ks), v=tuple(vs), valid=valid, pos=cache["pos"] + 1, index=index + 1)
+    return model._logits(x), new_cache
+
+
+def _generate(graphdef, init_cache_fn, params, tokens_BxP, valid_BxP, done0_B, key, *, n, max_new_tokens,
+              temperature, top_k, top_p, stop_ids, pad_id, fast_decode=False):
+    """The jitted body: prefill the left-padded prompts once, tile the cache ``n`` times (row r is
+    prompt r // n), then decode until all rows are done."""
     model = nnx.merge(graphdef, params)
-    b, p = tokens_BxP.shape
-    cache = init_cache_fn(b, p + max_new_tokens)
+    num, p = tokens_BxP.shape
+    cache = init_cache_fn(num, p + max_new_tokens)
     logits, cache = model(tokens_BxP, segment_ids_BxT=valid_BxP.astype(jnp.int32), cache=cache, cache_index=0)
+    if n > 1:
+        rep = lambda a, axis: jnp.repeat(a, n, axis=axis)  # noqa: E731
+        logits = rep(logits[:, -1:], 0)
+        cache = dict(cache, k=rep(cache["k"], 1), v=rep(cache["v"], 1), valid=rep(cache["valid"], 0),
+                     pos=rep(cache["pos"], 0))
+        done0_B = rep(done0_B, 0)
+    b = num * n
     stop = jnp.asarray(stop_ids, jnp.int32)
+    if fast_decode:
+        cache = _split_cache(cache)
+        step = functools.partial(_decode_one, model)
+    else:
+        step = lambda tok, c: model(tok[:, None], cache=c)  # noqa: E731
 
     def cond(state):
         i, _, _, _, _, done, _ = state
@@ -113,7 +158,7 @@ def _generate(graphdef, init_cache_fn, params, tokens_BxP, valid_BxP, done0_B, k
         lps = jax.lax.dynamic_update_slice(lps, lp[:, None], (0, i))
         lengths = lengths + (~done).astype(jnp.int32)
         done = done | jnp.any(tok[:, None] == stop[None, :], axis=-1)
-        logits, cache = model(tok[:, None], cache=cache)
+        logits, cache = step(tok, cache)
         return i + 1, logits[:, -1].astype(jnp.float32), cache, toks, lps, done, lengths
 
     state = (jnp.zeros((), jnp.int32), logits[:, -1].astype(jnp.float32), cache,
@@ -137,7 +182,7 @@ class Sampler:
 
     def __init__(self, model_or_graphdef, cfg=None, *, pad_id: int = 1,
                  prompt_buckets: Sequence[int] = DEFAULT_BUCKETS, cache_dtype=None,
-                 init_cache_fn: Callable | None = None):
+                 init_cache_fn: Callable | None = None, fast_decode: bool = True):
         if isinstance(model_or_graphdef, nnx.Module):
             self.graphdef, _ = nnx.split(model_or_graphdef, nnx.Param)
             cfg = cfg or getattr(model_or_graphdef, "cfg", None)
@@ -149,6 +194,7 @@ class Sampler:
         self.pad_id = int(pad_id)
         self.prompt_buckets = tuple(sorted(prompt_buckets))
         self._share_key = None
+        self.fast_decode = init_cache_fn is None and fast_decode
         if init_cache_fn is None:
             from interplay_jax.model.qwen2 import init_cache
             init_cache_fn = functools.partial(_default_cache, init_cache, cfg, cache_dtype)
@@ -183,9 +229,9 @@ class Sampler:
             tokens[i, p_len - len(p):] = p
             valid[i, p_len - len(p):] = True
         done0 = np.arange(num_padded) >= num
-        tokens, valid, done0 = (np.repeat(a, n, axis=0) for a in (tokens, valid, done0))
-        static = dict(max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_k=int(top_k),
-                      top_p=float(top_p), stop_ids=tuple(int(s) for s in stop_ids), pad_id=self.pad_id)
+        static = dict(n=int(n), max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_k=int(top_k),
+                      top_p=float(top_p), stop_ids=tuple(int(s) for s in stop_ids), pad_id=self.pad_id,
+                      fast_decode=self.fast_decode)
         fn = self._fn(**static)
         before = fn._cache_size() if hasattr(fn, "_cache_size") else None
         toks, lps, done, lengths = fn(params, tokens, valid, done0, key)
