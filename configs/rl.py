@@ -12,7 +12,8 @@ scale (default ``cpu``):
           clip 1.0, 204.8K prompts = 200 steps; rollouts in chunks of 256 prompts and updates in
           micro-batches of 64 rollouts (memory only: the objective is unchanged).
   cpu     8 prompts x 4 rollouts, responses <= 512 tokens, 20 steps, lr 1e-5: minutes on 2 CPU cores.
-  quick   4 prompts x 4 rollouts, responses <= 96 tokens, 3 steps: the quickstart / tests.
+  quick   4 prompts x 4 rollouts, prompts <= 512 (one padded length: one compilation), responses
+          <= 128 tokens, 2 steps: the quickstart / tests.
 reward (default ``outcome``): outcome, strict, mixed<α> (mixed0.5, mixed0.2), original_mixed<α>,
   original_strict (SPEC §1). ``dr_grpo``: Dr.GRPO (seq-sum / constant aggregation, no std normalisation).
 Examples: ``configs/rl.py:op11-14,paper --config.init_from=runs/pretrain_base_paper``,
@@ -104,8 +105,8 @@ def get_config(arg=None):
         c.optimizer.lr = 1e-5
         c.ckpt_every = 10
     elif scale == "quick":
-        c.rl.update(dict(num_prompts=4, n=4, max_prompt_len=1024, max_response_len=96, prompt_budget=4 * 3,
-                         num_minibatches=2))
+        c.rl.update(dict(num_prompts=4, n=4, max_prompt_len=512, max_response_len=128, prompt_budget=4 * 2,
+                         num_minibatches=2, prompt_buckets="512"))
         c.optimizer.lr = 1e-5
         c.ckpt_every = 1
     return c
