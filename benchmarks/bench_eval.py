@@ -7,7 +7,7 @@ KV-cache decode, detokenize) vs verification. A random model rarely stops and wr
 steps, so verification of its output is cheap; the same number of gold-solution completions is
 therefore verified too ("oracle"), which is the realistic verification cost of a trained model.
 
-    python benchmarks/bench_eval.py [--model tiny --ops 2,5,11,15 --per_op 4 --n 8 --max_new_tokens 256]
+    python benchmarks/bench_eval.py [--model tiny --ops 2,5,11,15 --per_op 2 --n 8 --max_new_tokens 256]
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="tiny")
     ap.add_argument("--ops", default="2,5,11,15")
-    ap.add_argument("--per_op", type=int, default=4)
+    ap.add_argument("--per_op", type=int, default=2)
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--max_new_tokens", type=int, default=256)
     ap.add_argument("--batch_prompts", type=int, default=4)
@@ -50,8 +50,8 @@ def main():
           f"<= {args.max_new_tokens} new tokens, backend {jax.default_backend()}")
     warm = {}
     t0 = time.perf_counter()
-    evaluate_items(sampler, params, tok, items[:args.batch_prompts], key=jax.random.key(99), timing=warm, **kw)
-    print(f"warm-up (compile) {time.perf_counter() - t0:.1f}s")
+    evaluate_items(sampler, params, tok, items, key=jax.random.key(99), timing=warm, **kw)
+    print(f"warm-up pass (compiles every prompt-length bucket) {time.perf_counter() - t0:.1f}s")
 
     timing: dict = {}
     t0 = time.perf_counter()

@@ -250,3 +250,19 @@ def test_missing_or_wrong_shape_checkpoint_is_one_config_error(micro_hf, tmp_pat
     ckpt.write_lineage(run, "pretrain", config=dict(lineage, model={"preset": "tiny"}))
     with pytest.raises(ConfigError, match="wrong model shape"):
         load_checkpoint(run)
+
+
+def test_make_eval_fn_for_the_training_loop(reference_dir):
+    from flax import nnx
+
+    from interplay_jax.eval.evaluate import Tok, make_eval_fn
+    from interplay_jax.model.qwen2 import Qwen2, model_config
+
+    cfg = model_config("micro")
+    graphdef, params = nnx.split(Qwen2(cfg, rngs=nnx.Rngs(0)), nnx.Param)
+    items = evalset.generate_evalset(ops=[2, 12], per_op=1, seed=1)
+    eval_fn = make_eval_fn(graphdef, Tok(reference_dir / "tokenizer.json"), items, cfg=cfg, n=2, max_new_tokens=4)
+    out = eval_fn({"params": params, "step": 0})
+    assert set(out) == {"ID/pass@1", "ID/pass@2", "ID/answer@1", "OOD-edge/pass@1", "OOD-edge/pass@2",
+                        "OOD-edge/answer@1", "process_acc"}
+    assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in out.values())
