@@ -2,7 +2,8 @@
 
 mixture (SPEC §3-§4; default ``base``): base (20/30/50 over op2-4/5-7/8-10), hard0.1, hard5, hard20,
 hard33 (uniform op2-10), hard50, ctxB0, ctxB0.1, ctxB1, ctxB10 (op2-20 context A + op2 context B),
-or any preset of interplay_jax.task.mixture.
+or any preset of interplay_jax.task.mixture; ``--config.mixture`` also takes a JSON list of components
+(``'[{"ops": [2, 3], "weight": 1, "contexts": ["A"]}]'``).
 scale (default ``cpu``):
   paper  the study's numbers: paper100m (bf16), 10B tokens, 256 x 2048 batch (512K tokens),
          AdamW (0.9, 0.999, 1e-8), wd 0.1, clip 1.0, warmup 5%, cosine to 3e-5, peak lr 1e-4

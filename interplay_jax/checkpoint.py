@@ -81,6 +81,9 @@ class Checkpointer:
     def save(self, step: int, state, data_state: Any = None, meta: dict | None = None,
              force: bool = True) -> bool:
         """Start saving ``state`` (any pytree of arrays) at ``step``; returns whether it saves."""
+        # Save a private copy: the caller's next jitted step donates (reuses) these buffers while the
+        # async save may still be reading them (on CPU the host "copy" can alias device memory).
+        state = jax.tree.map(lambda x: x.copy() if isinstance(x, jax.Array) else x, state)
         meta = dict(meta or {})
         meta.setdefault("step", int(step))
         meta.setdefault("saved_at", datetime.datetime.now(datetime.timezone.utc).isoformat())

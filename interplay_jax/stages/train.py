@@ -60,9 +60,19 @@ def load_tokenizer(path):
 
 
 def mixture_of(config):
+    """The config's mixture: a preset name, or a JSON list/dict of components
+    (e.g. ``'[{"ops": [2, 3], "weight": 1, "contexts": ["A"]}]'``)."""
+    import json as json_lib
+
     from interplay_jax.task.mixture import get_mixture
     modes = [m.strip() for m in str(config.get("modes", "normalforward")).split(",") if m.strip()]
-    return get_mixture(config.mixture, modes=modes)
+    spec = config.mixture
+    if isinstance(spec, str) and spec.strip()[:1] in ("[", "{"):
+        try:
+            spec = json_lib.loads(spec)
+        except json_lib.JSONDecodeError as e:
+            raise ConfigError(f"mixture is not valid JSON ({e.msg}): {config.mixture}") from None
+    return get_mixture(spec, modes=modes)
 
 
 # ---------------------------------------------------------------------------- data
