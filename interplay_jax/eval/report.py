@@ -250,7 +250,7 @@ def plot_per_op(summaries: Mapping[str, dict], path) -> pathlib.Path:
     """Grouped bars per op: strict pass@1 (top) and pass@n (bottom), one bar per checkpoint."""
     plt = _plt()
     ops = sorted({int(op) for s in summaries.values() for op in s["per_op"]})
-    fig, axes = plt.subplots(2, 1, figsize=(max(6, 0.5 * len(ops) * max(len(summaries), 1)), 5.5), sharex=True)
+    fig, axes = plt.subplots(2, 1, figsize=(min(16, max(6, 0.5 * len(ops) * max(len(summaries), 1))), 5.5), sharex=True)
     width = 0.8 / max(len(summaries), 1)
     x = np.arange(len(ops))
     for row, which in enumerate(("pass@1", "pass@n")):
