@@ -151,3 +151,24 @@ def test_no_reference_model_when_kl_is_zero(parent, tmp_path, monkeypatch):
     summary = run_config(c)
     assert summary["steps"] == 1 and "kl" not in summary["final"]
     assert len(calls) == 1
+
+
+def test_jsonl_prompts_come_from_one_split_and_never_from_eval(tmp_path):
+    from interplay_jax.task.writer import write_dataset
+    mix = get_mixture({"ops": [2, 3], "contexts": ["A"]})
+    write_dataset(tmp_path / "data", mix, {"eval": 6, "heldout": 10, "train": 12}, seed=0, shard_size=100,
+                  progress=False)
+    c = _rl_config_module().get_config("quick")
+    c.data.source = "jsonl"
+    c.data.data_dir = str(tmp_path / "data")
+    c.rl.prompt_budget = 0
+    src = rl_data.prompt_source_from_config(c)
+    heldout = {rl_data.record_hash(r) for r in rl_data.read_split(tmp_path / "data", "heldout")}
+    evals = {rl_data.record_hash(r) for r in rl_data.read_split(tmp_path / "data", "eval")}
+    seen = [rl_data.record_hash(src.record(i)) for i in range(20)]   # two epochs
+    assert set(seen) == heldout and not set(seen) & evals
+    assert sorted(seen[:10]) == sorted(seen[10:]) and seen[:10] != seen[10:]  # each epoch reshuffled
+    # excluding the held-out split's own files leaves nothing: one clear error
+    c.data.exclude = str(tmp_path / "data" / "heldout")
+    with pytest.raises(ConfigError, match="no RL prompts left"):
+        rl_data.prompt_source_from_config(c)
