@@ -146,12 +146,10 @@ def _optimizer_config(config, steps):
 
 
 def run(config):
-    from tensorboardX import SummaryWriter
-
     from interplay_jax.model.qwen2 import model_config_from_dict
     from interplay_jax.train import lm_step, optim
     from interplay_jax.train import sharding as shd
-    from interplay_jax.train.loop import run_loop
+    from interplay_jax.train.loop import ScalarWriter, run_loop
 
     t0 = time.time()
     quiet_logs()
@@ -206,7 +204,7 @@ def run(config):
 
     is_main = jax.process_index() == 0
     tb_dir = workdir / "tb"
-    writer = SummaryWriter(str(tb_dir)) if is_main else None
+    writer = ScalarWriter(tb_dir) if is_main else None
     meta = {"stage": stage, "config": ck.config_to_dict(config), "parent": parent}
     peak = float(config.peak_flops) * jax.device_count()
     result = run_loop(step_fn=step_fn, state=state, batches=iterator, total_steps=steps, start_step=start,
