@@ -213,11 +213,33 @@ def _einsum_attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, mask_BxTxS):
     return out.reshape(b, kv, g, t, dh).transpose(0, 3, 1, 2, 4).reshape(b, t, h, dh)
 
 
-def attention(q, k, v, mask_BxTxS, impl: str):
+def _causal_chunked_attention(q, k, v, mask_BxTxS, chunk: int):
+    """Causal attention in query chunks, each against only the keys up to its end: skips the
+    all-masked upper-triangle blocks (T=512, chunk 64: 56% of the full work). Rows that attend
+    nowhere (padding queries) get an unspecified finite value, as in every path: mask them out."""
+    t = q.shape[1]
+    outs = []
+    for start in range(0, t, chunk):
+        end = min(start + chunk, t)
+        outs.append(_einsum_attention(q[:, start:end], k[:, :end], v[:, :end], mask_BxTxS[:, start:end, :end]))
+    return jnp.concatenate(outs, axis=1)
+
+
+def causal_chunk(t: int) -> int:
+    """Query-chunk length for the causal block skipping of the "einsum" path (0 = off): 64 at
+    T=512 measured best on a 2-core CPU (vs 128: ~5% faster); T/8 for long rows bounds the op count."""
+    return max(64, t // 8) if t >= 128 else 0
+
+
+def attention(q, k, v, mask_BxTxS, impl: str, causal: bool = False):
+    """``causal=True`` promises that mask_BxTxS is (at most) lower-triangular with T == S."""
     if impl == "auto":
         impl = "jax" if jax.default_backend() == "gpu" else "einsum"
     if impl == "jax":
         return jax.nn.dot_product_attention(q, k, v, mask=mask_BxTxS[:, None, :, :])
+    chunk = causal_chunk(q.shape[1]) if causal else 0
+    if chunk and q.shape[1] > chunk:
+        return _causal_chunked_attention(q, k, v, mask_BxTxS, chunk)
     return _einsum_attention(q, k, v, mask_BxTxS)
 
 
@@ -283,7 +305,7 @@ class DecoderLayer(nnx.Module):
             v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), start)
             new_cache = (k_cache, v_cache)
             k, v = k_cache.astype(dt), v_cache.astype(dt)
-        a = attention(q, k, v, mask_BxTxS, cfg.attention)
+        a = attention(q, k, v, mask_BxTxS, cfg.attention, causal=kv_cache is None)
         x_BxTxD = x_BxTxD + jnp.einsum("bthk,hkd->btd", a, c(self.o_kernel))
         h = rms_norm(x_BxTxD, self.mlp_norm[...], cfg.rms_norm_eps)
         if fuse:  # one [D, 2F] matmul
