@@ -161,6 +161,7 @@ def run(config):
     model_cfg = model_config_from_dict(config.model)
     steps = total_steps(config)
     shd.check_divisibility(model_cfg, mesh, int(config.batch_size), int(config.grad_accum_steps))
+    shd.check_divisibility(model_cfg, mesh, int(config.eval.batch_size))
     ocfg = _optimizer_config(config, steps)
     schedule = optim.make_schedule(ocfg)
     tx = optim.make_optimizer(ocfg, schedule)
@@ -186,7 +187,11 @@ def run(config):
         print(f"{stage}: starting from {prun} step {pstep} (params; fresh optimizer and schedule)")
     elif lineage_path.exists():
         parent = ck.read_lineage(workdir).get("parent")
-    if not lineage_path.exists() or start == 0:
+    if start >= steps and (workdir / "summary.json").is_file():
+        checkpointer.close()
+        print(f"{stage}: {workdir} already finished ({start}/{steps} steps); nothing to do")
+        return json.loads((workdir / "summary.json").read_text())
+    if jax.process_index() == 0 and (not lineage_path.exists() or start == 0):
         ck.write_lineage(workdir, stage, config, parent, model_params=model_cfg.num_params())
 
     heldout = heldout_records(config, mixture)
@@ -223,7 +228,8 @@ def run(config):
         "model_params": model_cfg.num_params(), "mixture": str(config.mixture),
         "final": {k: v for k, v in last.items() if isinstance(v, (int, float))},
         "dropped_long_documents": dp.dropped_documents(iterator),
-        "params_digest": ck.params_digest(result.state["params"]) if result.reason == "done" else None,
+        "params_digest": (ck.params_digest(result.state["params"]) if result.reason == "done"
+                          and jax.process_count() == 1 else None),  # multi-host: python -m interplay_jax.lineage --digest
         "parent": parent, "wall_s": round(time.time() - t0, 1),
     }
     if is_main:

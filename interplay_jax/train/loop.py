@@ -115,7 +115,8 @@ def run_loop(*, step_fn: Callable, state, batches: Iterator | Callable, total_st
              eval_every: int = 0, eval_fn: Callable | None = None, writer=None,
              flops_per_token: float | None = None, peak_flops: float | None = None,
              meta: dict | None = None, desc: str = "train", put_batch: Callable | None = None,
-             on_log: Callable[[int, dict], None] | None = None, progress: bool = True) -> LoopResult:
+             on_log: Callable[[int, dict], None] | None = None, progress: bool = True,
+             data_state_fn: Callable[[], Any] | None = None) -> LoopResult:
     """Run steps ``start_step+1 .. total_steps`` and return a :class:`LoopResult`.
 
     ``checkpointer``: an :class:`interplay_jax.checkpoint.Checkpointer` (None: no checkpoints).
@@ -123,6 +124,8 @@ def run_loop(*, step_fn: Callable, state, batches: Iterator | Callable, total_st
     callable ``(state, step_index) -> batch``. ``put_batch``: host batch -> device batch (e.g.
     ``make_global_batch``). ``writer``: a :class:`ScalarWriter` / tensorboardX SummaryWriter (or None). ``meta``: JSON
     saved with each checkpoint (stage, config, parent). ``eval_fn(state) -> {name: float}``.
+    ``data_state_fn() -> JSON-able``: what to checkpoint as the data state (default: the iterator's
+    ``get_state()``; e.g. an RL prompt iterator's state when ``batches`` is a callable).
     """
     produce = batches if (callable(batches) and not hasattr(batches, "__next__")) else None
     iterator = None if produce is not None else batches
@@ -136,6 +139,8 @@ def run_loop(*, step_fn: Callable, state, batches: Iterator | Callable, total_st
     step = start_step
 
     def data_state():
+        if data_state_fn is not None:
+            return data_state_fn()
         return iterator.get_state() if iterator is not None and hasattr(iterator, "get_state") else None
 
     def save(at: int):
