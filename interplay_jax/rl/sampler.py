@@ -18,7 +18,9 @@ Used by RL (GRPO rollouts) and evaluation (n samples per prompt).
 
 The model contract (interplay_jax.model.qwen2): ``model(tokens, segment_ids_BxT=valid, cache=c,
 cache_index=0)`` prefills a left-padded chunk (segment id 0 = pad), ``model(tok_Bx1, cache=c)``
-decodes one token; both return (fp32 logits, new cache); ``init_cache(cfg, B, S, dtype)``.
+decodes one token; both return (fp32 logits, new cache); ``init_cache(cfg, B, S, dtype)`` returns
+the dict layout of interplay_jax.model.qwen2 (k/v [L, B, S, K, Dh], valid [B, S], pos, index): the
+prefill runs on a prompt-sized cache that is then padded by max_new_tokens slots.
 """
 from __future__ import annotations
 
@@ -127,8 +129,11 @@ def _generate(graphdef, init_cache_fn, params, tokens_BxP, valid_BxP, done0_B, k
     prompt r // n), then decode until all rows are done."""
     model = nnx.merge(graphdef, params)
     num, p = tokens_BxP.shape
-    cache = init_cache_fn(num, p + max_new_tokens)
+    # Prefill into a prompt-sized cache (attention over P keys, not P + max_new), then grow it.
+    cache = init_cache_fn(num, p)
     logits, cache = model(tokens_BxP, segment_ids_BxT=valid_BxP.astype(jnp.int32), cache=cache, cache_index=0)
+    grow = lambda a, axis: jnp.pad(a, [(0, max_new_tokens if d == axis else 0) for d in range(a.ndim)])  # noqa: E731
+    cache = dict(cache, k=grow(cache["k"], 2), v=grow(cache["v"], 2), valid=grow(cache["valid"], 1))
     if n > 1:
         rep = lambda a, axis: jnp.repeat(a, n, axis=axis)  # noqa: E731
         logits = rep(logits[:, -1:], 0)
