@@ -102,8 +102,8 @@ def test_document_masking_packed_equals_separate(micro):
     assert np.abs(np.asarray(run(model, packed)[:, 5:12] - run(model, d2))).max() > 1e-4
 
 
-@pytest.mark.parametrize("attention", ["einsum", "jax"])
-def test_cache_decode_equals_full_forward_with_left_padding(attention):
+@pytest.mark.parametrize("attention,per_layer", [("einsum", False), ("jax", False), ("einsum", True)])
+def test_cache_decode_equals_full_forward_with_left_padding(attention, per_layer):
     cfg = model_config("micro", attention=attention)
     model = init_model(cfg, seed=0)
     lengths, total = [4, 7, 2], 12
@@ -112,7 +112,7 @@ def test_cache_decode_equals_full_forward_with_left_padding(attention):
     # Left-padded prompts of different lengths.
     prompt = jnp.stack([jnp.concatenate([jnp.ones(p - n, jnp.int32), r[:n]]) for r, n in zip(rows, lengths)])
     valid = jnp.array([[0] * (p - n) + [1] * n for n in lengths], jnp.int32)
-    cache = init_cache(cfg, b, p + total)
+    cache = init_cache(cfg, b, p + total, per_layer=per_layer)
     gd, params = nnx.split(model, nnx.Param)
     step = jax.jit(lambda prm, t, c, seg=None: forward(gd, prm, t, cache=c, segment_ids_BxT=seg))
     logits, cache = step(params, prompt, cache, valid)
@@ -123,6 +123,7 @@ def test_cache_decode_equals_full_forward_with_left_padding(attention):
         for i in range(b):
             seqs[i].append(int(nxt[i]))
         logits, cache = step(params, nxt[:, None].astype(jnp.int32), cache)
+        assert isinstance(cache["k"], tuple) == per_layer
         steps_logits.append(logits[:, 0])
         nxt = jnp.argmax(logits[:, 0], axis=-1)
     # Each row's full forward (no padding, no cache) agrees with the cached logits.
@@ -168,3 +169,19 @@ def test_remat_same_grads():
     for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
         np.testing.assert_allclose(a, b, atol=1e-6)
     assert max(float(jnp.abs(a).max()) for a in jax.tree.leaves(g0)) > 0
+
+
+def test_causal_chunked_attention_matches_full():
+    from interplay_jax.model import qwen2
+
+    t = 300  # > chunk (64): 5 query chunks, the last one partial
+    q, k, v = (jax.random.normal(jax.random.key(i), (2, t, h, 16)) for i, h in enumerate((8, 2, 2)))
+    seg = jnp.array([[1] * 100 + [2] * 150 + [0] * 50, [1] * t])
+    mask = jnp.tril(jnp.ones((t, t), bool))[None] & (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] != 0)
+    assert qwen2.causal_chunk(t) == 64
+    chunked = qwen2.attention(q, k, v, mask, "einsum", causal=True)
+    full = qwen2._einsum_attention(q, k, v, mask)
+    real = np.asarray(seg != 0)  # padding query rows attend nowhere: their value is unspecified
+    np.testing.assert_allclose(np.asarray(chunked)[real], np.asarray(full)[real], atol=2e-6)
+    np.testing.assert_allclose(np.asarray(qwen2.attention(q, k, v, mask, "jax"))[real], np.asarray(full)[real],
+                               atol=2e-6)

@@ -27,7 +27,7 @@ the sharding rules of interplay_jax/train/sharding.py apply unchanged).
 
 KV cache (see :func:`init_cache`): a dict of plain arrays with static shapes
 ``{"k": [L, B, S, K, Dh], "v": [L, B, S, K, Dh], "valid": [B, S] bool, "pos": [B] int32,
-"index": [] int32}``. ``index`` is the next slot to write (shared by the batch), ``pos`` the next
+"index": [] int32}`` (or ``per_layer=True``: k/v as tuples of L arrays [B, S, K, Dh]). ``index`` is the next slot to write (shared by the batch), ``pos`` the next
 RoPE position of each row (rows differ under left padding), ``valid`` marks written non-pad slots.
 """
 from __future__ import annotations
@@ -387,7 +387,8 @@ class Qwen2(nnx.Module):
     def _cached_call(self, tokens_BxT, x, positions_BxT, segment_ids_BxT, cache, cache_index):
         cfg = self.cfg
         b, t = tokens_BxT.shape
-        s = cache["k"].shape[2]
+        per_layer = isinstance(cache["k"], (tuple, list))
+        s = cache["k"][0].shape[1] if per_layer else cache["k"].shape[2]
         index = cache["index"] if cache_index is None else jnp.asarray(cache_index, jnp.int32)
         if segment_ids_BxT is None:
             new_valid = jnp.ones((b, t), bool)
@@ -407,7 +408,9 @@ class Qwen2(nnx.Module):
                                   cache_index=index)
             ks.append(k_i)
             vs.append(v_i)
-        new_cache = dict(k=jnp.stack(ks), v=jnp.stack(vs), valid=valid,
+        if not per_layer:
+            ks, vs = jnp.stack(ks), jnp.stack(vs)
+        new_cache = dict(k=tuple(ks) if per_layer else ks, v=tuple(vs) if per_layer else vs, valid=valid,
                          pos=cache["pos"] + jnp.sum(new_valid, axis=1, dtype=jnp.int32),
                          index=index + t)
         return self._logits(x), new_cache
@@ -416,9 +419,20 @@ class Qwen2(nnx.Module):
 # ----------------------------------------------------------------------------------------- helpers
 
 
-def init_cache(cfg: ModelConfig, batch_size: int, max_len: int, dtype=None) -> dict:
-    """An empty KV cache (see module docstring for the layout); dtype defaults to cfg.dtype."""
+def init_cache(cfg: ModelConfig, batch_size: int, max_len: int, dtype=None, per_layer: bool = False) -> dict:
+    """An empty KV cache (see module docstring for the layout); dtype defaults to cfg.dtype.
+
+    ``per_layer=True`` stores k/v as tuples of L arrays [B, S, K, Dh] instead of one stacked
+    [L, B, S, K, Dh] array: inside a ``lax.while_loop`` decode XLA then updates each layer in place
+    rather than re-stacking the whole cache every token. The model accepts either form and returns
+    the form it was given.
+    """
     dtype = jnp.dtype(dtype or cfg.dtype)
+    if per_layer:
+        shape = (batch_size, max_len, cfg.num_kv_heads, cfg.head_dim)
+        kv = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))  # noqa: E731
+        return dict(k=kv(), v=kv(), valid=jnp.zeros((batch_size, max_len), bool),
+                    pos=jnp.zeros((batch_size,), jnp.int32), index=jnp.zeros((), jnp.int32))
     shape = (cfg.num_layers, batch_size, max_len, cfg.num_kv_heads, cfg.head_dim)
     return dict(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
                 valid=jnp.zeros((batch_size, max_len), bool),
