@@ -37,7 +37,7 @@ def parent(tmp_path_factory):
     mix = get_mixture({"ops": [2, 3], "contexts": ["A"]})
     tok = train_on_records([mix.record(1, i) for i in range(150)], vocab_size=400)
     tok_path = tok.save(str(root / "tokenizer.json"))
-    model = dict(preset="micro", vocab_size=400, max_position_embeddings=512)
+    model = dict(preset="micro", vocab_size=400, max_position_embeddings=1024)
     cfg = model_config_from_dict(model)
     params = nnx.split(Qwen2(cfg, rngs=nnx.Rngs(params=0)), nnx.Param)[1]
     state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": optax.adamw(1e-3).init(params)}
@@ -45,7 +45,7 @@ def parent(tmp_path_factory):
     with ck.Checkpointer(run_dir) as c:
         c.save(5, state, meta={"stage": "pretrain"})
     ck.write_lineage(run_dir, "pretrain", {"model": model}, None)
-    return {"root": root, "tokenizer": tok_path, "run_dir": run_dir}
+    return {"root": root, "tokenizer": tok_path, "run_dir": run_dir, "model": model}
 
 
 def _config(parent, workdir, steps=2, **rl):
@@ -106,6 +106,12 @@ def test_rl_stage_runs_and_resumes_exactly(parent, tmp_path):
     assert [r["step"] for r in _samples(b)] == [2]
     assert _samples(b)[0]["rollout_digest"] == rows[1]["rollout_digest"]
     assert resumed["params_digest"] == summary["params_digest"]
+
+    # an RL run can itself be a parent: its recorded model is inherited
+    from interplay_jax.stages.rl import model_config_for
+    child = _config(parent, tmp_path / "child")
+    child.init_from = str(a)
+    assert model_config_for(child) == model_config_from_dict(parent["model"])
 
 
 def test_unknown_reward_is_one_line_error(parent, tmp_path):

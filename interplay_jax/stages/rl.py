@@ -59,11 +59,16 @@ def model_config_for(config):
     m = config.model.to_dict() if hasattr(config.model, "to_dict") else dict(config.model)
     if m.get("preset"):
         return model_config_from_dict(m)
+    from interplay_jax.model.qwen2 import ModelConfig
     run_dir, _ = ck.resolve_checkpoint(str(config.init_from))
-    parent_model = dict(ck.read_lineage(run_dir).get("config", {}).get("model") or {})
-    if not parent_model:
+    lineage = ck.read_lineage(run_dir)
+    overrides = {k: v for k, v in m.items() if k != "preset" and v is not None}
+    if lineage.get("model"):          # an RL parent records its resolved model
+        return ModelConfig(**{**lineage["model"], **overrides}).validate()
+    parent_model = dict(lineage.get("config", {}).get("model") or {})
+    if not parent_model.get("preset"):
         raise ConfigError(f"parent run {run_dir} records no model config; set --config.model.preset")
-    parent_model.update({k: v for k, v in m.items() if k != "preset" and v is not None})
+    parent_model.update(overrides)
     return model_config_from_dict(parent_model)
 
 
@@ -202,6 +207,10 @@ def run(config):
     else:
         model_cfg = model_config_for(config)
     checkpointer = ck.Checkpointer(workdir, max_to_keep=int(config.keep_checkpoints))
+    span = int(config.rl.max_prompt_len) + int(config.rl.max_response_len)
+    if span > model_cfg.max_position_embeddings:
+        raise ConfigError(f"rl: max_prompt_len + max_response_len = {span} exceeds the model's "
+                          f"max_position_embeddings={model_cfg.max_position_embeddings}")
     if tokenizer.vocab_size > model_cfg.vocab_size:
         raise ConfigError(f"tokenizer has {tokenizer.vocab_size} entries but model.vocab_size={model_cfg.vocab_size}")
     shd.check_divisibility(model_cfg, mesh)
