@@ -44,6 +44,7 @@ def train_config(stage, arg, default_mixture):
     c.data = ml_collections.ConfigDict(dict(
         source="generator",            # "generator" (on the fly) | "jsonl" (data_dir in the published layout)
         data_dir="",
+        exclude="",                    # comma-separated JSONL files/dirs never to train on (e.g. eval sets)
         buffer_docs=256,               # first-fit-decreasing packing window (documents)
         num_threads=1))                # grain read threads (tokenize + generate)
     c.init_from = ""                   # parent run dir (or its checkpoints/<step>): params only

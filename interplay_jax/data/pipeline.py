@@ -68,6 +68,20 @@ def heldout_hashes(data_dir, splits: Sequence[str] | None = None) -> set[str]:
     return {record_hash(r) for s in splits for f in split_files(data_dir, s) for r in _read_jsonl(f)}
 
 
+def hashes_of_paths(paths: str | Sequence[str]) -> set[str]:
+    """Content hashes of every record in JSONL files / directories (searched recursively);
+    ``paths`` may be one comma-separated string. A missing path is a DataError."""
+    if isinstance(paths, (str, pathlib.Path)):
+        paths = [p.strip() for p in str(paths).split(",") if p.strip()]
+    out = set()
+    for p in map(pathlib.Path, paths):
+        if not p.exists():
+            raise DataError(f"{p}: no such file or directory (data.exclude)")
+        for f in ([p] if p.is_file() else sorted(p.rglob("*.jsonl"))):
+            out.update(record_hash(r) for r in _read_jsonl(f))
+    return out
+
+
 def load_train_records(data_dir, tokens_per_op: dict | None, count_tokens: Callable[[dict], int],
                        total_tokens: int | None = None, strict: bool = False) -> list[dict]:
     """Records of ``train/{op}/*.jsonl`` in file order, per op up to its token budget.

@@ -107,6 +107,8 @@ def heldout_records(config, mixture) -> dict[str, list[dict]]:
 
 
 def build_train_data(config, tokenizer, mixture, exclude: set[str], steps: int):
+    if str(config.data.get("exclude", "")):
+        exclude |= dp.hashes_of_paths(str(config.data.exclude))
     pc = jax.process_count()
     local_batch = int(config.batch_size) // pc
     kwargs = dict(seq_len=int(config.seq_len), batch_size=local_batch, pad_id=int(tokenizer.pad_id),
