@@ -213,3 +213,29 @@ def test_loop_with_a_batch_producer_and_interrupt(tmp_path):
         state, _, _ = c.restore(target={"w": jnp.zeros(())})
         assert float(state["w"]) == sum(range(7))
     assert [h["step"] for h in res.history] == [3, 6]
+
+
+def test_quickstart_config_wiring(tmp_path):
+    """The quickstart's stages are wired through {workdir}; the whole config validates up front."""
+    import importlib.util
+
+    from interplay_jax import config as config_lib
+    from interplay_jax.stages import pipeline
+    spec = importlib.util.spec_from_file_location("qs", REPO / "configs" / "quickstart.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    c = mod.get_config()
+    c.workdir = str(tmp_path / "qs")
+    config_lib.validate(c)
+    assert c.stages.split(",") == ["generate", "tokenizer", "pretrain", "midtrain"]
+    pre = pipeline.sub_config(c, "pretrain")
+    mid = pipeline.sub_config(c, "midtrain")
+    root = str((tmp_path / "qs").absolute())
+    assert pre.workdir == f"{root}/pretrain" and pre.tokenizer == f"{root}/tokenizer/tokenizer.json"
+    assert pre.data.data_dir == f"{root}/generate" and pre.data.source == "jsonl"
+    assert mid.init_from == f"{root}/pretrain" and mid.stage == "midtrain"
+    assert "{workdir}" in c.midtrain.init_from          # the original is untouched
+    c.pretrain.total_tokens = 10
+    c.pretrain.total_steps = 0
+    with pytest.raises(ConfigError, match="smaller than one batch"):
+        config_lib.validate(c)
