@@ -59,3 +59,38 @@ def test_cli_dry_run_and_commands(tmp_path):
     lines = [l for l in cmds.splitlines() if l.startswith("python -m interplay_jax.main")]
     assert len(lines) == 15
     assert any("--config=configs/rl.py:op11-14,paper,outcome" in l and "init_from=" in l for l in lines)
+
+
+def _fake_summary(name, ks_values, buckets=("ID", "OOD-edge", "OOD-hard")):
+    from interplay_jax.eval import report as eval_report
+
+    # a real summary from synthetic per-sample outcomes: prompt i of op o is solved by the first c samples
+    prompts = []
+    for op, c in ks_values:
+        samples = [dict(verified_correct=j < c, answer_correct=j < c + 1, process_acc=1.0 if j < c else 0.5,
+                        dependency_mismatch=0, missing_node=int(j >= c), value_mismatch=0, answer_mismatch=0,
+                        extra_nodes=0, length=10, stopped=True) for j in range(4)]
+        prompts.append(dict(op=op, context="A", mode="normalforward", id=f"{name}{op}", samples=samples))
+    return eval_report.summarize(prompts, checkpoint=name)
+
+
+def test_report_gathers_eval_results_and_published_numbers(tmp_path):
+    import json as _json
+
+    from interplay_jax.experiments import report
+
+    root = tmp_path / "E1_mini"
+    summaries = {"base": _fake_summary("base", [(5, 3), (12, 0), (16, 0)]),
+                 "rl_op11-14": _fake_summary("rl", [(5, 3), (12, 2), (16, 1)])}
+    for name, s in summaries.items():
+        d = root / "eval" / name
+        d.mkdir(parents=True)
+        (d / "results.json").write_text(_json.dumps(s))
+    paths = report.build("E1", "mini", tmp_path)
+    md = pathlib.Path(paths["markdown"]).read_text()
+    assert "| rl_op11-14 | OOD-edge | pass@1 | 50.0 | 50.6 |" in md   # ours (2 of 4) beside the study's
+    combined = _json.loads(pathlib.Path(paths["results"]).read_text())
+    assert combined["order"] == ["base", "rl_op11-14"]
+    assert pathlib.Path(paths["passk_curves"]).stat().st_size > 0
+    with pytest.raises(ConfigError, match="no eval results"):
+        report.build("E2", "mini", tmp_path)
