@@ -37,7 +37,7 @@ def parent(tmp_path_factory):
     mix = get_mixture({"ops": [2, 3], "contexts": ["A"]})
     tok = train_on_records([mix.record(1, i) for i in range(150)], vocab_size=400)
     tok_path = tok.save(str(root / "tokenizer.json"))
-    model = dict(preset="micro", vocab_size=400, max_position_embeddings=1024)
+    model = dict(preset="micro", vocab_size=400, num_layers=1, max_position_embeddings=1024)
     cfg = model_config_from_dict(model)
     params = nnx.split(Qwen2(cfg, rngs=nnx.Rngs(params=0)), nnx.Param)[1]
     state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": optax.adamw(1e-3).init(params)}
