@@ -189,6 +189,9 @@ def run(config):
     workdir = pathlib.Path(str(config.workdir)).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     shd.initialize_distributed(config.get("distributed"))
+    if jax.process_count() > 1:
+        raise ConfigError(f"the rl stage runs in one process (any number of local devices); got "
+                          f"{jax.process_count()} processes")
     mesh = shd.mesh_from_config(config.get("mesh"))
     rows = int(config.rl.num_prompts) * int(config.rl.n)
     dp = shd.batch_size_multiple(mesh)
