@@ -35,7 +35,7 @@ def _uncached_greedy(model, prompt, steps):
 @pytest.mark.parametrize("fast_decode", [True, False])
 def test_cached_greedy_equals_uncached(toy, fast_decode):
     model, sampler, params = toy
-    if not fast_decode:  # the model's own cached call instead of the sampler's per-layer decode step
+    if not fast_decode:  # the stacked [L, ...] KV cache instead of per-layer tuples
         sampler = Sampler(model, pad_id=PAD, fast_decode=False)
     prompts = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 2, 3], [20]]
     steps = 10
