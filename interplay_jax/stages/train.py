@@ -234,6 +234,8 @@ def run(config):
                           and jax.process_count() == 1 else None),  # multi-host: python -m interplay_jax.lineage --digest
         "parent": parent, "wall_s": round(time.time() - t0, 1),
     }
+    if result.reason == "interrupted":   # checkpoint saved; main prints "interrupted..." and exits 130
+        raise KeyboardInterrupt(f"{stage} interrupted at step {result.step}")
     if is_main:
         (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
         loss = summary["final"].get("loss")
