@@ -214,7 +214,8 @@ def run(config):
     if span > model_cfg.max_position_embeddings:
         raise ConfigError(f"rl: max_prompt_len + max_response_len = {span} exceeds the model's "
                           f"max_position_embeddings={model_cfg.max_position_embeddings}")
-    if tokenizer.vocab_size > model_cfg.vocab_size:
+    # the original tokenizer file has 2,201 entries for a 2,200-row model (its last id is never used)
+    if tokenizer.vocab_size > model_cfg.vocab_size + 1:
         raise ConfigError(f"tokenizer has {tokenizer.vocab_size} entries but model.vocab_size={model_cfg.vocab_size}")
     shd.check_divisibility(model_cfg, mesh)
 
