@@ -8,6 +8,8 @@ The stages use the full configs of configs/{generate,tokenizer,pretrain,midtrain
   tokenizer  BPE trained on those train documents
   pretrain   tiny model on the generated JSONL (held-out excluded by hash), 40 steps of 4 x 1024
   midtrain   from the pretrain checkpoint, the ``mid`` mixture generated on the fly, 20 steps
+  eval       pass@k of every checkpoint (cpu preset: 4 ops x 3 prompts x 4 samples): WORKDIR/eval/results.json,
+             report.md and figures
 Override any sub-stage field, e.g. ``--config.pretrain.total_steps=100``.
 """
 import importlib.util
@@ -44,7 +46,7 @@ def get_config(arg=None):
     c.stage = "pipeline"
     c.workdir = "runs/quickstart"
     c.seed = 0
-    c.stages = "generate,tokenizer,pretrain,midtrain"
+    c.stages = "generate,tokenizer,pretrain,midtrain,eval"
 
     c.generate = _load("generate", "tiny")
 
@@ -61,4 +63,9 @@ def get_config(arg=None):
     c.midtrain = _shrink(_load("midtrain", "mid,cpu"), steps=20, ckpt_every=10)
     c.midtrain.tokenizer = "{workdir}/tokenizer/tokenizer.json"
     c.midtrain.init_from = "{workdir}/pretrain"
+
+    c.eval = _load("eval", "cpu")
+    c.eval.checkpoints = "{workdir}/pretrain,{workdir}/midtrain"
+    c.eval.names = "pretrain,midtrain"
+    c.eval.eval.exclude = "{workdir}/generate"
     return c

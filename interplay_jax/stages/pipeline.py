@@ -40,6 +40,10 @@ def sub_config(config, name: str):
 def _describe(name: str, out, subdir: pathlib.Path) -> list[str]:
     lines = [f"  {name:<10} {subdir}"]
     if isinstance(out, dict):
+        if out.get("paths"):  # eval
+            paths = out["paths"]
+            lines.append(f"             results {paths.get('results')}")
+            lines.append(f"             report  {paths.get('markdown')} (+ figures beside it)")
         if out.get("checkpoints_dir"):
             fin = out.get("final") or {}
             loss = f", final loss {fin['loss']:.4f}" if "loss" in fin else ""
@@ -82,6 +86,8 @@ def run(config):
             print(f"pipeline stopped in {name} ({out.get('reason')}); rerun the same command to resume")
             return {"stopped_in": name, "outputs": outputs}
         subdir.mkdir(parents=True, exist_ok=True)
+        if isinstance(out, dict) and "summaries" in out:  # eval: keep the headline, not every sample
+            out = {"paths": out["paths"], "pass_at_k": {n: s["pass_at_k"] for n, s in out["summaries"].items()}}
         safe = json.loads(json.dumps(out, default=str)) if out is not None else None
         done.write_text(json.dumps({"stage": sub.stage, "seconds": round(time.time() - t, 1), "output": safe},
                                    indent=2))
@@ -90,7 +96,9 @@ def run(config):
     for name in names:
         lines += _describe(name, outputs.get(name), workdir / name)
     lines.append(f"TensorBoard: tensorboard --logdir {workdir}")
-    lines.append(f"Lineage:     python -m interplay_jax.lineage {workdir / names[-1]} --digest")
+    trained = [n for n in names if config[n].stage in ("pretrain", "midtrain", "rl")]
+    if trained:
+        lines.append(f"Lineage:     python -m interplay_jax.lineage {workdir / trained[-1]} --digest")
     print("\n".join(lines))
     (workdir / "pipeline_summary.json").write_text(json.dumps(outputs, indent=2, default=str))
     return outputs
