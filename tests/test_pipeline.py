@@ -98,9 +98,10 @@ def test_ffd_is_first_fit_decreasing(lengths, seq_len):
             room.append(seq_len)
         assert where[i] == expect
         room[expect] -= lengths[i]
-    # FFD never needs more than 11/9 OPT + 1 bins (and at least the volume bound)
-    lower = -(-sum(lengths) // seq_len)
-    assert lower <= len(bins) <= 11 * lower / 9 + 1
+    # volume and big-item lower bounds; a first-fit packing leaves at most one bin half empty or less
+    lower = max(-(-sum(lengths) // seq_len), sum(l > seq_len / 2 for l in lengths))
+    assert lower <= len(bins) <= 2 * sum(lengths) / seq_len + 1
+    assert sum(sum(lengths[i] for i in b) * 2 <= seq_len for b in bins) <= 1
 
 
 @pytest.mark.parametrize("threads", [0, 2])
