@@ -11,8 +11,9 @@ PUBLISHED = {"note": "mid+RL beats RL alone by +10.8 points pass@1 on OOD-hard a
 def settings(scale):
     if scale == "paper":
         return ComputeSettings(), 100 * ComputeSettings().rl_step_tokens          # 2.10B
-    mini = grid.MINI_RL
-    s = ComputeSettings(mid_batch_size=grid.MINI_PRETRAIN["batch_size"], mid_seq_len=grid.MINI_PRETRAIN["seq_len"],
+    mini = grid.CPU_RL if scale == "cpu" else grid.MINI_RL
+    pre = grid.CPU_PRETRAIN if scale == "cpu" else grid.MINI_PRETRAIN
+    s = ComputeSettings(mid_batch_size=pre["batch_size"], mid_seq_len=pre["seq_len"],
                         rl_prompts=mini["rl.num_prompts"], rl_rollouts=mini["rl.n"],
                         rl_total_len=1024 + mini["rl.max_response_len"])
     return s, 40 * s.rl_step_tokens

@@ -11,7 +11,7 @@ from interplay_jax.experiments.dag import Run
 ALL = ["E1", "E2", "E3", "E4", "E5", "E6", "E7"]
 
 
-@pytest.mark.parametrize("scale", ["mini", "paper"])
+@pytest.mark.parametrize("scale", ["mini", "paper", "cpu"])
 @pytest.mark.parametrize("name", ALL)
 def test_every_run_builds_a_valid_config(name, scale, tmp_path):
     runs = dag.expand(name, scale)

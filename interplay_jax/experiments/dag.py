@@ -18,7 +18,7 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
 EXPERIMENTS = ("E1", "E2", "E3", "E4", "E5", "E7")
 ALIASES = {"E6": "E5"}   # E5 and E6 are one grid (context share in RL) at two readouts
-SCALES = ("mini", "paper")
+SCALES = ("mini", "paper", "cpu")
 DONE_MARKER = "EXPERIMENT_RUN_DONE"
 
 

@@ -1,4 +1,4 @@
-"""Building blocks for the experiment grids: one function per stage at two scales.
+"""Building blocks for the experiment grids: one function per stage at three scales.
 
 ``paper``: the study's exact numbers (configs' ``paper`` presets, for TPU/GPU).
 ``mini``: the same DAG on a ``small`` model with budgets one small GPU finishes in about 30 minutes
@@ -16,6 +16,12 @@ MINI_PRETRAIN = {**MINI_MODEL, "seq_len": 1024, "batch_size": 32, "total_steps":
 MINI_MID_STEP_TOKENS = 32 * 1024
 MINI_RL = {"rl.num_prompts": 32, "rl.n": 8, "rl.max_response_len": 768, "rl.total_steps": 60,
            "ckpt_every": 10}
+# ``cpu``: the same DAG in minutes on this 2-core machine (tiny model): it exercises every stage and
+# the runner end to end; it is far too small for the study's effects to show.
+CPU_PRETRAIN = {"model.preset": "tiny", "seq_len": 512, "batch_size": 8, "total_steps": 150, "ckpt_every": 50,
+                "eval_every": 50, "eval.per_bucket": 8}
+CPU_RL = {"rl.num_prompts": 4, "rl.n": 4, "rl.max_response_len": 128, "rl.total_steps": 4, "ckpt_every": 2}
+CPU_EVAL = {"eval.ops": "2,6,10,12,16", "eval.per_op": 3, "sampling.n": 4, "sampling.max_new_tokens": 160}
 MINI_EVAL = {"eval.ops": "2-20", "eval.per_op": 16, "sampling.n": 16, "sampling.max_new_tokens": 768,
              "sampling.batch_prompts": 8}
 
@@ -23,7 +29,8 @@ MINI_EVAL = {"eval.ops": "2-20", "eval.per_op": 16, "sampling.n": 16, "sampling.
 def pretrain(name: str, mixture: str, scale: str, note: str = "", **overrides) -> Run:
     if scale == "paper":
         return Run(name, "pretrain.py", f"{mixture},paper", dict(overrides), note=note)
-    return Run(name, "pretrain.py", f"{mixture},cpu", {**MINI_PRETRAIN, **overrides}, note=note)
+    base = CPU_PRETRAIN if scale == "cpu" else MINI_PRETRAIN
+    return Run(name, "pretrain.py", f"{mixture},cpu", {**base, **overrides}, note=note)
 
 
 def midtrain(name: str, parent: str, scale: str, steps: int | None = None, note: str = "", **overrides) -> Run:
@@ -32,8 +39,8 @@ def midtrain(name: str, parent: str, scale: str, steps: int | None = None, note:
         o["total_steps"] = int(steps)
     if scale == "paper":
         return Run(name, "midtrain.py", "mid,paper", o, parent=parent, note=note)
-    return Run(name, "midtrain.py", "mid,cpu", {**MINI_PRETRAIN, "total_steps": 1000, **o}, parent=parent,
-               note=note)
+    base = {**CPU_PRETRAIN, "total_steps": 50} if scale == "cpu" else {**MINI_PRETRAIN, "total_steps": 1000}
+    return Run(name, "midtrain.py", "mid,cpu", {**base, **o}, parent=parent, note=note)
 
 
 def rl(name: str, parent: str, data: str, scale: str, reward: str = "outcome", steps: int | None = None,
@@ -42,11 +49,12 @@ def rl(name: str, parent: str, data: str, scale: str, reward: str = "outcome", s
     if steps is not None:
         o["rl.total_steps"] = int(steps)
     arg_scale = "paper" if scale == "paper" else "cpu"
-    base = {} if scale == "paper" else dict(MINI_RL)
+    base = {"paper": {}, "cpu": CPU_RL}.get(scale, MINI_RL)
     return Run(name, "rl.py", f"{data},{arg_scale},{reward}", {**base, **o}, parent=parent, note=note)
 
 
 def evaluate(name: str, compare: list[str], scale: str, note: str = "", **overrides) -> Run:
     if scale == "paper":
         return Run(name, "eval.py", "paper", dict(overrides), compare=tuple(compare), note=note)
-    return Run(name, "eval.py", "cpu", {**MINI_EVAL, **overrides}, compare=tuple(compare), note=note)
+    base = CPU_EVAL if scale == "cpu" else MINI_EVAL
+    return Run(name, "eval.py", "cpu", {**base, **overrides}, compare=tuple(compare), note=note)
