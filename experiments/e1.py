@@ -11,7 +11,7 @@ PUBLISHED = {  # strict pass@k on the released checkpoints (SPEC §7)
 
 
 def runs(scale):
-    out = [grid.pretrain("base", "base", scale, note="pre-training op2-10 (20/30/50)")]
+    out = [grid.tokenizer(scale), grid.pretrain("base", "base", scale, note="pre-training op2-10 (20/30/50)")]
     for regime in REGIMES:
         out.append(grid.rl(f"rl_{regime}", "base", regime, scale, note=f"GRPO on {regime}"))
     out.append(grid.evaluate("eval", ["base"] + [f"rl_{r}" for r in REGIMES], scale,

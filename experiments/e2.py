@@ -8,7 +8,7 @@ PUBLISHED = {"note": "pass@128 on context B rises by up to +60 points after RL w
 
 
 def runs(scale):
-    out = []
+    out = [grid.tokenizer(scale)]
     for s in SHARES:
         out.append(grid.pretrain(f"pre_ctxB{s}", f"ctxB{s}", scale, note=f"op2-20 A + op2 B at {s}%"))
         out.append(grid.rl(f"rl_ctxB{s}_mixA50B50", f"pre_ctxB{s}", "ctxmixB50", scale,

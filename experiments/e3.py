@@ -21,7 +21,7 @@ def settings(scale):
 
 def runs(scale):
     s, total = settings(scale)
-    out = [grid.pretrain("base", "base", scale, note="pre-training op2-10")]
+    out = [grid.tokenizer(scale), grid.pretrain("base", "base", scale, note="pre-training op2-10")]
     names = ["base"]
     for beta in BETAS:
         split = split_budget(total, beta, s)

@@ -7,7 +7,7 @@ PUBLISHED = {"outcome": {"op2-14": {"1": 70.7, "128": 94.7}, "op15-20": {"1": 5.
 
 
 def runs(scale):
-    out = [grid.pretrain("base", "base", scale, note="pre-training op2-10")]
+    out = [grid.tokenizer(scale), grid.pretrain("base", "base", scale, note="pre-training op2-10")]
     for r in REWARDS:
         out.append(grid.rl(f"rl_op11-14_{r}", "base", "op11-14", scale, reward=r, note=f"GRPO, reward {r}"))
     out.append(grid.evaluate("eval", ["base"] + [f"rl_op11-14_{r}" for r in REWARDS], scale,

@@ -7,7 +7,7 @@ PUBLISHED = {"note": "~10% context B in RL gives +76 points pass@128 on context 
 
 
 def runs(scale):
-    out = [grid.pretrain("pre_ctxB1", "ctxB1", scale, note="op2-20 A + op2 B at 1%")]
+    out = [grid.tokenizer(scale), grid.pretrain("pre_ctxB1", "ctxB1", scale, note="op2-20 A + op2 B at 1%")]
     for s in SHARES:
         out.append(grid.rl(f"rl_B{s}", "pre_ctxB1", f"ctxmixB{s}", scale, note=f"GRPO with {s}% context B"))
     out.append(grid.evaluate("eval", ["pre_ctxB1"] + [f"rl_B{s}" for s in SHARES], scale,

@@ -10,7 +10,7 @@ PUBLISHED = {  # pass@128 gain of RL (op11-14) over base: (op11-14, op15-20)
 
 
 def runs(scale):
-    out = []
+    out = [grid.tokenizer(scale)]
     for m in MIXES:
         out.append(grid.pretrain(f"pre_{m}", m, scale, note=f"pre-training, {m} share of op8-10"))
         out.append(grid.rl(f"rl_{m}", f"pre_{m}", "op11-14", scale, note="GRPO on op11-14"))

@@ -57,7 +57,7 @@ def test_cli_dry_run_and_commands(tmp_path):
     cmds = subprocess.run([sys.executable, "-m", "interplay_jax.experiments.run", "E7", "--scale=paper",
                            "--emit-commands", f"--root={tmp_path}"], capture_output=True, text=True, check=True).stdout
     lines = [l for l in cmds.splitlines() if l.startswith("python -m interplay_jax.main")]
-    assert len(lines) == 15
+    assert len(lines) == 16   # tokenizer + 5 x (pretrain, rl, eval)
     assert any("--config=configs/rl.py:op11-14,paper,outcome" in l and "init_from=" in l for l in lines)
 
 

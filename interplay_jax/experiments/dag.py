@@ -31,9 +31,11 @@ class Run:
     parent: str | None = None          # run whose checkpoint this one starts from (init_from)
     compare: tuple = ()                # eval runs: names of the runs whose checkpoints are evaluated
     note: str = ""                     # what this run is, for people
+    refs: dict = dataclasses.field(default_factory=dict)  # config key -> (run name, path inside it)
 
     def deps(self) -> list[str]:
-        return ([self.parent] if self.parent else []) + list(self.compare)
+        out = ([self.parent] if self.parent else []) + list(self.compare)
+        return out + [name for name, _ in self.refs.values() if name not in out]
 
 
 def experiment_module(name: str):
@@ -81,6 +83,8 @@ def resolved_overrides(run: Run, root: pathlib.Path) -> dict:
     """The run's overrides plus workdir / init_from / checkpoints resolved to directories."""
     out = dict(run.overrides)
     out["workdir"] = str(root / run.name)
+    for key, (name, rel) in run.refs.items():
+        out[key] = str(root / name / rel)
     if run.parent:
         out["init_from"] = str(root / run.parent)
     if run.compare:

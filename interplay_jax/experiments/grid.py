@@ -26,11 +26,20 @@ MINI_EVAL = {"eval.ops": "2-20", "eval.per_op": 16, "sampling.n": 16, "sampling.
              "sampling.batch_prompts": 8}
 
 
+TOKENIZER = "tokenizer"
+TOK_REF = {"tokenizer": (TOKENIZER, "tokenizer.json")}
+
+
+def tokenizer(scale: str) -> Run:
+    """The experiment's tokenizer (every training run refers to it)."""
+    return Run(TOKENIZER, "tokenizer.py", "tiny" if scale == "cpu" else "", note="byte-level BPE on generated text")
+
+
 def pretrain(name: str, mixture: str, scale: str, note: str = "", **overrides) -> Run:
     if scale == "paper":
-        return Run(name, "pretrain.py", f"{mixture},paper", dict(overrides), note=note)
+        return Run(name, "pretrain.py", f"{mixture},paper", dict(overrides), note=note, refs=dict(TOK_REF))
     base = CPU_PRETRAIN if scale == "cpu" else MINI_PRETRAIN
-    return Run(name, "pretrain.py", f"{mixture},cpu", {**base, **overrides}, note=note)
+    return Run(name, "pretrain.py", f"{mixture},cpu", {**base, **overrides}, note=note, refs=dict(TOK_REF))
 
 
 def midtrain(name: str, parent: str, scale: str, steps: int | None = None, note: str = "", **overrides) -> Run:
@@ -38,9 +47,9 @@ def midtrain(name: str, parent: str, scale: str, steps: int | None = None, note:
     if steps is not None:
         o["total_steps"] = int(steps)
     if scale == "paper":
-        return Run(name, "midtrain.py", "mid,paper", o, parent=parent, note=note)
+        return Run(name, "midtrain.py", "mid,paper", o, parent=parent, note=note, refs=dict(TOK_REF))
     base = {**CPU_PRETRAIN, "total_steps": 50} if scale == "cpu" else {**MINI_PRETRAIN, "total_steps": 1000}
-    return Run(name, "midtrain.py", "mid,cpu", {**base, **o}, parent=parent, note=note)
+    return Run(name, "midtrain.py", "mid,cpu", {**base, **o}, parent=parent, note=note, refs=dict(TOK_REF))
 
 
 def rl(name: str, parent: str, data: str, scale: str, reward: str = "outcome", steps: int | None = None,
@@ -50,7 +59,8 @@ def rl(name: str, parent: str, data: str, scale: str, reward: str = "outcome", s
         o["rl.total_steps"] = int(steps)
     arg_scale = "paper" if scale == "paper" else "cpu"
     base = {"paper": {}, "cpu": CPU_RL}.get(scale, MINI_RL)
-    return Run(name, "rl.py", f"{data},{arg_scale},{reward}", {**base, **o}, parent=parent, note=note)
+    return Run(name, "rl.py", f"{data},{arg_scale},{reward}", {**base, **o}, parent=parent, note=note,
+               refs=dict(TOK_REF))
 
 
 def evaluate(name: str, compare: list[str], scale: str, note: str = "", **overrides) -> Run:
