@@ -4,7 +4,9 @@ Starts from a pre-training or mid-training run (``init_from``: its run dir or ``
 the model is read from the parent's lineage unless ``model.preset`` is set).
 
 data (default ``op11-14``): the RL prompt regimes of SPEC §5: ``op7-10``, ``op9-12``, ``op11-14``,
-``op17-20``, ``uniform`` (op2-20), contexts A/B/C in thirds; context mixes ``ctxmixB<share>`` (share of
+``op17-20``, ``uniform`` (op2-20), contexts A/B/C in thirds; ``edge`` (the study's advice: probe the
+parent on ``data.edge.ops`` and keep the ops, or with ``keep_prompts`` the prompts, it fails at pass@1
+but solves at pass@n; the choice goes to WORKDIR/edge.json and the lineage); context mixes ``ctxmixB<share>`` (share of
 context B in percent, the rest A; 0, 1, 2, 10, 50, 100), over op2-20 unless ``data.ops`` is set.
 scale (default ``cpu``):
   paper   the study: 1024 prompts x 6 rollouts per step, T 1.0, top-p 1, prompt <= 1024 and response
@@ -27,7 +29,7 @@ import re
 import ml_collections
 
 SCALES = ("cpu", "quick", "paper")
-DATA = ("op7-10", "op9-12", "op11-14", "op17-20", "uniform")
+DATA = ("op7-10", "op9-12", "op11-14", "op17-20", "uniform", "edge")
 _REWARD = re.compile(r"outcome|strict|original_strict|(original_)?mixed\d*\.?\d+")
 _CTXMIX = re.compile(r"ctxmixB\d*\.?\d+")
 
@@ -68,7 +70,12 @@ def get_config(arg=None):
         modes="normalforward",
         data_dir="",
         split="heldout",
-        exclude=""))                   # comma-separated JSONL files/dirs never used as RL prompts
+        exclude="",                    # comma-separated JSONL files/dirs never used as RL prompts
+        # mixture "edge": probe the parent per op and train on the ops (or prompts) at its edge of
+        # competence: strict pass@1 <= pass1_max and pass@n >= passk_min (interplay_jax/rl/edge.py)
+        edge=ml_collections.ConfigDict(dict(
+            ops="2-20", per_op=16, n=16, pass1_max=0.5, passk_min=0.1, keep_prompts=False,
+            max_new_tokens=1024, batch_prompts=8))))
     c.rl = ml_collections.ConfigDict(dict(
         reward=reward,
         num_prompts=1024,              # prompts per step

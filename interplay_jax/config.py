@@ -153,7 +153,15 @@ def _validate_rl(config, check_files: bool = True) -> None:
     d, r, g = config.data, config.rl, config.grpo
     require(d.source in SOURCES, f"rl: data.source={d.source!r}; expected one of {', '.join(SOURCES)}")
     modes = [m.strip() for m in str(d.get("modes", "normalforward")).split(",") if m.strip()]
-    rl_mixture(d.mixture, modes=modes, ops=[int(o) for o in d.get("ops", None) or []] or None)
+    if str(d.mixture) == "edge":
+        e = d.get("edge")
+        require(e is not None, "rl: data.mixture=edge needs a data.edge block (see configs/rl.py)")
+        parse_ops(str(e.ops))
+        require(int(e.per_op) >= 1 and int(e.n) >= 1, f"rl: data.edge.per_op={e.per_op} and n={e.n} must be >= 1")
+        require(0 <= float(e.pass1_max) <= 1 and 0 <= float(e.passk_min) <= 1,
+                f"rl: data.edge.pass1_max={e.pass1_max} and passk_min={e.passk_min} must lie in [0, 1]")
+    else:
+        rl_mixture(d.mixture, modes=modes, ops=[int(o) for o in d.get("ops", None) or []] or None)
     ints = {k: r.get(k) for k in ("num_prompts", "n", "max_prompt_len", "max_response_len", "num_minibatches")}
     for k, v in ints.items():
         require(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"rl: rl.{k}={v!r} must be an integer >= 1")

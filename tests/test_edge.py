@@ -23,3 +23,49 @@ def test_select_edge_probes_and_keeps_edge_prompts():
     assert out["per_op"]["4"]["pass@1"] == 1.0 and out["per_op"]["12"]["pass@k"] == 0.0
     assert out["per_op"]["8"]["pass@1"] == 0.25 and out["per_op"]["8"]["pass@k"] == 1.0
     assert len(out["prompts"]) == 6 and {r["op"] for r in out["prompts"]} == {8, 9}
+
+
+def test_rl_stage_with_edge_data_probes_once_and_records_the_choice(tmp_path):
+    import importlib.util
+    import json
+    import pathlib
+
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    from interplay_jax import checkpoint as ck
+    from interplay_jax.main import run_config
+    from interplay_jax.model.qwen2 import Qwen2, model_config_from_dict
+    from interplay_jax.task.mixture import get_mixture
+    from interplay_jax.task.tokenizer import train_on_records
+
+    mix = get_mixture({"ops": [2, 3], "contexts": ["A"]})
+    tok_path = train_on_records([mix.record(1, i) for i in range(150)], vocab_size=400).save(str(tmp_path / "tok.json"))
+    model = dict(preset="micro", vocab_size=400, num_layers=1, max_position_embeddings=1024)
+    params = nnx.split(Qwen2(model_config_from_dict(model), rngs=nnx.Rngs(params=0)), nnx.Param)[1]
+    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": optax.adamw(1e-3).init(params)}
+    parent = tmp_path / "pretrain"
+    with ck.Checkpointer(parent) as c:
+        c.save(3, state, meta={"stage": "pretrain"})
+    ck.write_lineage(parent, "pretrain", {"model": model, "tokenizer": tok_path}, None)
+
+    spec = importlib.util.spec_from_file_location("rl_cfg", pathlib.Path(__file__).parents[1] / "configs" / "rl.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    c = mod.get_config("edge,quick")
+    c.workdir, c.tokenizer, c.init_from, c.progress = str(tmp_path / "rl"), tok_path, str(parent), False
+    c.data.edge.update(dict(ops="2-4", per_op=1, n=2, max_new_tokens=8, batch_prompts=4))
+    c.rl.update(dict(num_prompts=2, n=2, max_response_len=8, total_steps=1, num_minibatches=1, prompt_buckets="512"))
+    run_config(c)
+    edge = json.loads((tmp_path / "rl" / "edge.json").read_text())
+    assert set(edge["per_op"]) == {"2", "3", "4"} and edge["ops"] and set(edge["ops"]) <= {2, 3, 4}
+    lineage = ck.read_lineage(tmp_path / "rl")
+    assert lineage["edge"]["ops"] == edge["ops"]
+    samples = [json.loads(l) for l in (tmp_path / "rl" / "samples.jsonl").read_text().splitlines()]
+    assert samples  # trained on prompts of the chosen ops
+    # a second run in the same workdir reads the stored choice instead of probing again
+    (tmp_path / "rl" / "edge.json").write_text(json.dumps(dict(edge, how="stored")))
+    c.rl.total_steps = 2
+    run_config(c)
+    assert json.loads((tmp_path / "rl" / "edge.json").read_text())["how"] == "stored"

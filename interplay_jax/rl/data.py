@@ -152,8 +152,9 @@ class PromptSource:
         return [self.record(start + j) for j in range(int(num_prompts))]
 
 
-def prompt_source_from_config(config) -> PromptSource:
-    """From the RL config's ``data`` block (see configs/rl.py)."""
+def prompt_source_from_config(config, edge: dict | None = None) -> PromptSource:
+    """From the RL config's ``data`` block (see configs/rl.py); ``edge`` is an edge-of-competence
+    choice (interplay_jax.rl.edge) for ``data.mixture == "edge"``: its prompts, or its ops uniformly."""
     d = config.data
     modes = [m.strip() for m in str(d.get("modes", "normalforward")).split(",") if m.strip()]
     excl_paths = [p.strip() for p in str(d.get("exclude", "") or "").split(",") if p.strip()]
@@ -168,6 +169,13 @@ def prompt_source_from_config(config) -> PromptSource:
         exclude |= hashes_of(str(p) for p in others)
         return PromptSource(records=read_split(data_dir, split), seed=int(config.seed), budget=budget,
                             exclude=exclude)
+    if str(d.mixture) == "edge":
+        if edge is None:
+            raise ConfigError("rl: data.mixture=edge needs the edge choice (the rl stage probes the parent first)")
+        if edge.get("prompts"):
+            return PromptSource(records=edge["prompts"], seed=int(config.seed), budget=budget, exclude=exclude)
+        return PromptSource(mixture=rl_mixture("rl_uniform", modes=modes, ops=edge["ops"]), seed=int(config.seed),
+                            budget=budget, exclude=exclude)
     ops = [int(o) for o in d.get("ops", None) or []] or None
     return PromptSource(mixture=rl_mixture(d.mixture, modes=modes, ops=ops), seed=int(config.seed), budget=budget,
                         exclude=exclude)

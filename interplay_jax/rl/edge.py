@@ -62,3 +62,49 @@ def select_edge(sampler, params, tokenizer, *, ops: Sequence[int], per_op: int =
                 recs.append(it["record"])
         out["prompts"] = recs
     return out
+
+
+EDGE_FILE = "edge.json"
+
+
+def resolve_edge(config, workdir) -> dict | None:
+    """The RL stage's edge choice for ``data.mixture == "edge"`` (else None).
+
+    Probes the parent checkpoint (``init_from``) once and stores the choice in ``WORKDIR/edge.json``;
+    a resumed run reads that file back, so it trains on the same ops / prompts.
+    """
+    import json
+    import pathlib
+
+    import jax
+
+    from interplay_jax import config as config_lib
+    from interplay_jax.eval.evaluate import load_checkpoint
+    from interplay_jax.rl.data import hashes_of
+    from interplay_jax.rl.sampler import Sampler
+
+    if str(config.data.mixture) != "edge":
+        return None
+    path = pathlib.Path(workdir) / EDGE_FILE
+    if path.is_file():
+        return json.loads(path.read_text())
+    e = config.data.edge
+    parent = load_checkpoint(str(config.init_from), tokenizer=str(config.tokenizer) or None, name="parent",
+                             step=int(config.init_step) if int(config.init_step) >= 0 else None)
+    sampler = Sampler(parent.graphdef, parent.cfg, pad_id=parent.tokenizer.pad_id)
+    excl = [p.strip() for p in str(config.data.get("exclude", "") or "").split(",") if p.strip()]
+    choice = select_edge(sampler, parent.params, parent.tokenizer, ops=config_lib.parse_ops(str(e.ops)),
+                         per_op=int(e.per_op), n=int(e.n), pass1_max=float(e.pass1_max),
+                         passk_min=float(e.passk_min), keep_prompts=bool(e.keep_prompts), seed=int(config.seed),
+                         exclude_hashes=hashes_of(excl), max_new_tokens=int(e.max_new_tokens),
+                         max_prompt_len=int(config.rl.max_prompt_len), temperature=float(config.rl.temperature),
+                         batch_prompts=int(e.batch_prompts), key=jax.random.key(int(config.seed) + 17),
+                         progress=bool(config.get("progress", True)))
+    choice["parent"] = {"path": str(config.init_from), "step": parent.step}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(EDGE_FILE + ".tmp")
+    tmp.write_text(json.dumps(choice, indent=1))
+    tmp.replace(path)
+    table = ", ".join(f"op{op} {m['pass@1']:.2f}/{m['pass@k']:.2f}" for op, m in choice["per_op"].items())
+    print(f"rl: edge of competence ({choice['how']}): ops {choice['ops']}  [pass@1/pass@{choice['k']}: {table}]")
+    return choice

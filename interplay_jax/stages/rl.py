@@ -178,6 +178,7 @@ def run(config):
 
     from interplay_jax.rl import grpo
     from interplay_jax.rl.data import prompt_source_from_config
+    from interplay_jax.rl.edge import resolve_edge
     from interplay_jax.stages.train import load_tokenizer
     from interplay_jax.task.rewards import get_reward
     from interplay_jax.train import lm_step, optim
@@ -201,7 +202,8 @@ def run(config):
         raise ConfigError(f"rl micro-batch of {micro} rollouts does not divide by mesh data x fsdp={dp}")
 
     tokenizer = load_tokenizer(config.tokenizer)
-    prompts = prompt_source_from_config(config)
+    edge = resolve_edge(config, workdir)             # None unless data.mixture == "edge"
+    prompts = prompt_source_from_config(config, edge)
     steps = total_steps(config, len(prompts))
     lineage_path = workdir / ck.LINEAGE_FILE
     if ck.complete_steps(workdir) and lineage_path.exists():  # resuming: the model this run recorded
@@ -243,8 +245,9 @@ def run(config):
         parent = {"run_dir": str(prun), "step": int(pstep)}
         print(f"rl: starting from {prun} step {pstep} (params; fresh optimizer)")
     if start == 0 or not lineage_path.exists():
+        extra = {} if edge is None else {"edge": {k: v for k, v in edge.items() if k != "prompts"}}
         ck.write_lineage(workdir, "rl", config, parent, model_params=model_cfg.num_params(),
-                         model=dataclasses.asdict(model_cfg))
+                         model=dataclasses.asdict(model_cfg), **extra)
 
     ref_params = None
     if gcfg.kl_coef > 0:
@@ -270,9 +273,17 @@ def run(config):
     tb_dir = workdir / "tb"
     writer = SummaryWriter(str(tb_dir)) if is_main else None
     meta = {"stage": "rl", "config": ck.config_to_dict(config), "parent": parent}
+    def on_log(at, row):
+        from tqdm.auto import tqdm
+        tqdm.write(f"  rl {at}: reward {row['reward_mean']:.3f} (std {row['reward_std']:.3f}) | verified "
+                   f"{row['verified_acc']:.3f} | answer {row['answer_acc']:.3f} | length {row['response_len']:.0f}"
+                   f" (cut {row['truncated_frac']:.2f}) | kl {row.get('kl', 0.0):.2e} | clip {row['clip_frac']:.3f}"
+                   f" | entropy {row['entropy']:.3f}")
+
     result = run_loop(step_fn=step_fn, state=state, batches=produce, total_steps=steps, start_step=start,
                       checkpointer=checkpointer, log_every=int(config.log_every), ckpt_every=int(config.ckpt_every),
-                      writer=writer, meta=meta, desc="rl", progress=bool(config.get("progress", True)))
+                      writer=writer, meta=meta, desc="rl", progress=bool(config.get("progress", True)),
+                      on_log=on_log)
     checkpointer.close()
     if writer is not None:
         writer.close()
