@@ -69,3 +69,7 @@ def test_rl_stage_with_edge_data_probes_once_and_records_the_choice(tmp_path):
     c.rl.total_steps = 2
     run_config(c)
     assert json.loads((tmp_path / "rl" / "edge.json").read_text())["how"] == "stored"
+    # evaluation loads the RL run with the model it inherited from its parent (not the RL config's)
+    from interplay_jax.eval.evaluate import load_checkpoint
+    loaded = load_checkpoint(tmp_path / "rl", tokenizer=tok_path)
+    assert (loaded.cfg.num_layers, loaded.cfg.vocab_size, loaded.step) == (1, 400, 2)

@@ -108,9 +108,12 @@ def load_checkpoint(path, tokenizer: str | None = None, name: str | None = None,
     run_dir, step = ckpt.resolve_checkpoint(p, step)
     lineage = ckpt.read_lineage(run_dir)
     config = lineage.get("config") or {}
-    if "model" not in config:
+    # the resolved model a run recorded (an RL run inherits its parent's), else the run's model config
+    spec = lineage.get("model") or config.get("model")
+    if not spec:
         raise ConfigError(f"{run_dir}/lineage.json has no model config")
-    cfg = model_config_from_dict({**config["model"], **model_overrides})
+    config = {**config, "model": spec}
+    cfg = model_config_from_dict({**spec, **model_overrides})
     graphdef, abstract = nnx.split(abstract_model(cfg), nnx.Param)
     try:
         params, _, _ = ckpt.restore_params(run_dir, target=abstract, step=step)
