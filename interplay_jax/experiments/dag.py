@@ -53,6 +53,25 @@ def expand(name: str, scale: str) -> list[Run]:
     return topo_order(runs)
 
 
+def apply_overrides(runs: list[Run], specs: list[str]) -> None:
+    """``RUN.KEY=VALUE`` strings (VALUE parsed as a Python literal when it is one) into the runs."""
+    import ast
+
+    by_name = {r.name: r for r in runs}
+    for spec in specs:
+        target, eq, raw = spec.partition("=")
+        name, dot, key = target.partition(".")
+        if not (eq and dot and key):
+            raise ConfigError(f"--override {spec!r}: expected RUN.KEY=VALUE, e.g. base.total_steps=1500")
+        if name not in by_name:
+            raise ConfigError(f"--override {spec!r}: no run named {name!r}; runs: {', '.join(by_name)}")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        by_name[name].overrides[key] = value
+
+
 def topo_order(runs: list[Run]) -> list[Run]:
     by_name = {}
     for r in runs:

@@ -34,9 +34,12 @@ def main(argv=None) -> int:
     p.add_argument("--dry-run", action="store_true", help="print the DAG and exit")
     p.add_argument("--emit-commands", action="store_true", help="print one command per run and exit")
     p.add_argument("--only", default="", help="comma-separated run names (their deps must be done)")
+    p.add_argument("--override", action="append", default=[], metavar="RUN.KEY=VALUE",
+                   help="change one run's config field, e.g. base.total_steps=1500 (repeatable)")
     a = p.parse_args(argv)
     try:
         runs = dag.expand(a.experiment, a.scale)
+        dag.apply_overrides(runs, a.override)
         root = pathlib.Path(a.root) / f"{a.experiment.upper()}_{a.scale}"
         if a.emit_commands:
             for r in runs:
