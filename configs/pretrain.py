@@ -66,7 +66,9 @@ def train_config(stage, arg, default_mixture):
     c.eval_every = 500
     c.eval = ml_collections.ConfigDict(dict(
         buckets="ID:2-10,OOD-edge:11-14,OOD-hard:15-20",  # held-out loss per op bucket
-        per_bucket=256, batch_size=32))
+        per_bucket=256, batch_size=32,
+        sample_prompts=16,             # small-n pass@k on held-out prompts per bucket (0: off)
+        sample_n=8, sample_max_new_tokens=1024))
     c.peak_flops = 990e12              # per device (H100 bf16 dense), for MFU
     if scale == "cpu":
         c.model = ml_collections.ConfigDict(dict(preset="tiny", dtype="float32"))
@@ -77,6 +79,9 @@ def train_config(stage, arg, default_mixture):
         c.eval_every = 50
         c.eval.per_bucket = 16
         c.eval.batch_size = 8
+        c.eval.sample_prompts = 0               # on with e.g. --config.eval.sample_prompts=2
+        c.eval.sample_n = 4
+        c.eval.sample_max_new_tokens = 192
         c.peak_flops = 1e11                      # a nominal 2-core CPU figure
         # a 1M-parameter model learns little in 200 steps at the paper's 1e-4: 10x (both stages)
         c.optimizer.lr = 1e-3

@@ -63,6 +63,7 @@ def get_config(arg=None):
     c.midtrain = _shrink(_load("midtrain", "mid,cpu"), steps=20, ckpt_every=10)
     c.midtrain.tokenizer = "{workdir}/tokenizer/tokenizer.json"
     c.midtrain.init_from = "{workdir}/pretrain"
+    c.midtrain.eval.update(dict(sample_prompts=1, sample_n=2, sample_max_new_tokens=96))  # sampled pass@k in TB
 
     c.eval = _load("eval", "cpu")
     c.eval.checkpoints = "{workdir}/pretrain,{workdir}/midtrain"

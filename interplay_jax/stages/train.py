@@ -259,8 +259,10 @@ def _make_eval_fn(config, graphdef, mesh, state_sh, tokenizer, heldout):
                                      batch_size=bs, pad_id=int(tokenizer.pad_id))
                for name, recs in heldout.items()}
 
+    sampled = _make_sampled_eval(config, graphdef, heldout)
+
     def eval_fn(state):
-        out = {}
+        out = sampled(state) if sampled else {}
         for name, bl in batches.items():
             loss_sum, tokens = 0.0, 0
             for b in bl:
@@ -272,3 +274,23 @@ def _make_eval_fn(config, graphdef, mesh, state_sh, tokenizer, heldout):
         return out
 
     return eval_fn
+
+
+def _make_sampled_eval(config, graphdef, heldout):
+    """Small-n pass@k on held-out prompts (``eval.sample_prompts`` per bucket, ``eval.sample_n``
+    samples each, strict and answer-only), logged beside the held-out loss; None when off."""
+    import jax
+
+    from interplay_jax import config as config_lib
+    from interplay_jax.eval.evalset import _item
+    from interplay_jax.eval.evaluate import Tok, make_eval_fn
+    from interplay_jax.model.qwen2 import model_config_from_dict
+
+    per_bucket = int(config.eval.get("sample_prompts", 0) or 0)
+    if per_bucket <= 0 or jax.process_count() > 1:
+        return None
+    items = [_item(r) for recs in heldout.values() for r in recs[:per_bucket]]
+    fn = make_eval_fn(graphdef, Tok(str(config.tokenizer)), items, cfg=model_config_from_dict(config.model),
+                      n=int(config.eval.get("sample_n", 4)), max_new_tokens=int(config.eval.get("sample_max_new_tokens", 256)),
+                      buckets=config_lib.parse_buckets(str(config.eval.buckets)))
+    return lambda state: {f"sampled/{k}": v for k, v in fn(state).items()}
