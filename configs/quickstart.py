@@ -8,6 +8,7 @@ The stages use the full configs of configs/{generate,tokenizer,pretrain,midtrain
   tokenizer  BPE trained on those train documents
   pretrain   tiny model on the generated JSONL (held-out excluded by hash), 40 steps of 4 x 1024
   midtrain   from the pretrain checkpoint, the ``mid`` mixture generated on the fly, 20 steps
+  rl         GRPO from the midtrain checkpoint on op11-14 prompts (quick preset: 2 steps of 4 x 4 rollouts)
   eval       pass@k of every checkpoint (cpu preset: 4 ops x 3 prompts x 4 samples): WORKDIR/eval/results.json,
              report.md and figures
 Override any sub-stage field, e.g. ``--config.pretrain.total_steps=100``.
@@ -46,7 +47,7 @@ def get_config(arg=None):
     c.stage = "pipeline"
     c.workdir = "runs/quickstart"
     c.seed = 0
-    c.stages = "generate,tokenizer,pretrain,midtrain,eval"
+    c.stages = "generate,tokenizer,pretrain,midtrain,rl,eval"
 
     c.generate = _load("generate", "tiny")
 
@@ -65,8 +66,13 @@ def get_config(arg=None):
     c.midtrain.init_from = "{workdir}/pretrain"
     c.midtrain.eval.update(dict(sample_prompts=1, sample_n=2, sample_max_new_tokens=96))  # sampled pass@k in TB
 
+    c.rl = _load("rl", "op11-14,quick")
+    c.rl.tokenizer = "{workdir}/tokenizer/tokenizer.json"
+    c.rl.init_from = "{workdir}/midtrain"
+    c.rl.data.exclude = "{workdir}/generate"
+
     c.eval = _load("eval", "cpu")
-    c.eval.checkpoints = "{workdir}/pretrain,{workdir}/midtrain"
-    c.eval.names = "pretrain,midtrain"
+    c.eval.checkpoints = "{workdir}/pretrain,{workdir}/midtrain,{workdir}/rl"
+    c.eval.names = "pretrain,midtrain,rl"
     c.eval.eval.exclude = "{workdir}/generate"
     return c

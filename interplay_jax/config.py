@@ -301,6 +301,8 @@ def _validate_pipeline(config) -> None:
                 f"pipeline: {name}.stage={sub.stage!r} is not a runnable stage")
         if sub.stage in ("pretrain", "midtrain"):
             _validate_train(sub, check_files=False)
+        elif sub.stage == "rl":
+            _validate_rl(sub, check_files=False)
         # other stages may need files made by earlier ones: validated when they start
 
 

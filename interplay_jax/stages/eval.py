@@ -44,6 +44,8 @@ def _names(config, paths) -> list[str]:
 
 
 def run(config) -> dict:
+    from interplay_jax.stages.train import quiet_logs
+    quiet_logs()
     workdir = pathlib.Path(config.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     paths = [p.strip() for p in str(config.checkpoints).split(",") if p.strip()]

@@ -174,18 +174,17 @@ class RolloutProducer:
 
 
 def run(config):
-    from tensorboardX import SummaryWriter
-
     from interplay_jax.rl import grpo
     from interplay_jax.rl.data import prompt_source_from_config
     from interplay_jax.rl.edge import resolve_edge
-    from interplay_jax.stages.train import load_tokenizer
+    from interplay_jax.stages.train import load_tokenizer, quiet_logs
     from interplay_jax.task.rewards import get_reward
     from interplay_jax.train import lm_step, optim
     from interplay_jax.train import sharding as shd
-    from interplay_jax.train.loop import run_loop
+    from interplay_jax.train.loop import ScalarWriter, run_loop
 
     t0 = time.time()
+    quiet_logs()
     reward = get_reward(str(config.rl.reward))       # unknown name: ConfigError before any compute
     workdir = pathlib.Path(str(config.workdir)).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -271,7 +270,7 @@ def run(config):
 
     is_main = jax.process_index() == 0
     tb_dir = workdir / "tb"
-    writer = SummaryWriter(str(tb_dir)) if is_main else None
+    writer = ScalarWriter(str(tb_dir)) if is_main else None
     meta = {"stage": "rl", "config": ck.config_to_dict(config), "parent": parent}
     def on_log(at, row):
         from tqdm.auto import tqdm
