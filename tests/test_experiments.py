@@ -98,11 +98,12 @@ def test_report_gathers_eval_results_and_published_numbers(tmp_path):
 
 def test_overrides_reach_one_run(tmp_path):
     runs = dag.expand("E1", "cpu")
-    dag.apply_overrides(runs, ["base.total_steps=1500", "rl_edge.data.edge.ops=2-6"])
+    dag.apply_overrides(runs, ["base.total_steps=1500", "rl_edge.data.edge.ops=2-6", "eval.eval.ops=2,3,8"])
     by = {r.name: r for r in runs}
     assert dag.load_config(by["base"], tmp_path).total_steps == 1500
     assert dag.load_config(by["rl_edge"], tmp_path).data.edge.ops == "2-6"
     assert dag.load_config(by["rl_op7-10"], tmp_path).data.edge.ops == "2-20"
+    assert dag.load_config(by["eval"], tmp_path).eval.ops == "2,3,8"
     with pytest.raises(ConfigError, match="no run named"):
         dag.apply_overrides(runs, ["nope.x=1"])
     with pytest.raises(ConfigError, match="expected RUN.KEY=VALUE"):

@@ -138,6 +138,8 @@ def set_dotted(config, key: str, value, run_name: str = "") -> None:
     old = node[parts[-1]]
     if isinstance(old, float) and isinstance(value, int):
         value = float(value)
+    elif isinstance(old, str) and not isinstance(value, str):  # e.g. ops "2,3,4" parsed as a tuple
+        value = ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
     node[parts[-1]] = value
 
 
