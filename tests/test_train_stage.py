@@ -227,13 +227,18 @@ def test_quickstart_config_wiring(tmp_path):
     c = mod.get_config()
     c.workdir = str(tmp_path / "qs")
     config_lib.validate(c)
-    assert c.stages.split(",") == ["generate", "tokenizer", "pretrain", "midtrain"]
+    assert c.stages.split(",") == ["generate", "tokenizer", "pretrain", "midtrain", "rl", "eval"]
     pre = pipeline.sub_config(c, "pretrain")
     mid = pipeline.sub_config(c, "midtrain")
+    rl = pipeline.sub_config(c, "rl")
+    ev = pipeline.sub_config(c, "eval")
     root = str((tmp_path / "qs").absolute())
     assert pre.workdir == f"{root}/pretrain" and pre.tokenizer == f"{root}/tokenizer/tokenizer.json"
     assert pre.data.data_dir == f"{root}/generate" and pre.data.source == "jsonl"
     assert mid.init_from == f"{root}/pretrain" and mid.stage == "midtrain"
+    assert rl.init_from == f"{root}/midtrain" and rl.tokenizer == f"{root}/tokenizer/tokenizer.json"
+    assert ev.checkpoints.split(",") == [f"{root}/pretrain", f"{root}/midtrain", f"{root}/rl"]
+    assert ev.workdir == f"{root}/eval"                  # WORKDIR/eval/results.json
     assert "{workdir}" in c.midtrain.init_from          # the original is untouched
     c.pretrain.total_tokens = 10
     c.pretrain.total_steps = 0
