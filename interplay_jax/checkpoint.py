@@ -198,9 +198,10 @@ def restore_params(run_dir_or_ckpt, target=None, step: int | None = None, key: s
     return out[key], run_dir, step
 
 
-def _path_name(path) -> str:
-    """A container-independent leaf name: nnx.State ``['layers'][0]['q'].value`` and the plain dict
-    restored without a target ``['layers']['0']['q']['value']`` both become ``layers/0/q/value``."""
+def path_parts(path) -> list[str]:
+    """A container-independent key path: nnx.State ``['layers'][0]['q'].value`` and the plain dict
+    restored without a target ``['layers']['0']['q']['value']`` both become
+    ``["layers", "0", "q", "value"]``."""
     parts = []
     for k in path:
         for attr in ("key", "name", "idx"):
@@ -209,7 +210,11 @@ def _path_name(path) -> str:
                 break
         else:
             parts.append(str(k))
-    return "/".join(parts)
+    return parts
+
+
+def _path_name(path) -> str:
+    return "/".join(path_parts(path))
 
 
 def params_digest(params) -> str:

@@ -25,6 +25,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
+from interplay_jax.checkpoint import path_parts
 from interplay_jax.errors import ConfigError
 
 AXES = ("data", "fsdp", "tensor")
@@ -98,15 +99,7 @@ def axis_size(mesh, axis) -> int:
 
 
 def _path_names(path) -> list[str]:
-    names = []
-    for key in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(key, attr):
-                names.append(str(getattr(key, attr)))
-                break
-        else:
-            names.append(str(key))
-    return [n for n in names if n != "value"]  # nnx.Variable leaves end in ".value"
+    return [n for n in path_parts(path) if n != "value"]  # nnx.Variable leaves end in ".value"
 
 
 def spec_for(path_names: list[str], shape: tuple, mesh) -> P:
