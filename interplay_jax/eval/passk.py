@@ -97,20 +97,21 @@ def by_op(prompts, ks=None) -> dict:
     return aggregate(prompts, key=lambda p: int(p["op"]), ks=ks)
 
 
+def by_field_and_bucket(prompts, field: str, buckets=DEFAULT_BUCKETS, ks=None) -> dict:
+    """pass@k per (prompt[field], bucket): {value: {bucket: entry}} (ops outside every bucket dropped)."""
+    res = aggregate(prompts, key=lambda p: (p[field], bucket_of(p["op"], buckets) or ""), ks=ks)
+    out: dict = defaultdict(dict)
+    for (value, b), v in res.items():
+        if b:
+            out[value][b] = v
+    return dict(out)
+
+
 def by_context(prompts, buckets=DEFAULT_BUCKETS, ks=None) -> dict:
     """pass@k per (context, bucket): {context: {bucket: entry}}."""
-    res = aggregate(prompts, key=lambda p: (p["context"], bucket_of(p["op"], buckets) or ""), ks=ks)
-    out: dict = defaultdict(dict)
-    for (ctx, b), v in res.items():
-        if b:
-            out[ctx][b] = v
-    return dict(out)
+    return by_field_and_bucket(prompts, "context", buckets, ks)
 
 
 def by_mode(prompts, buckets=DEFAULT_BUCKETS, ks=None) -> dict:
-    res = aggregate(prompts, key=lambda p: (p["mode"], bucket_of(p["op"], buckets) or ""), ks=ks)
-    out: dict = defaultdict(dict)
-    for (mode, b), v in res.items():
-        if b:
-            out[mode][b] = v
-    return dict(out)
+    """pass@k per (mode, bucket): {mode: {bucket: entry}}."""
+    return by_field_and_bucket(prompts, "mode", buckets, ks)
