@@ -17,7 +17,6 @@ setup(
         "absl-py>=2.0",
         "networkx>=3.2",
         "tensorboard>=2.16",
-        "tensorboardX>=2.6",
         "tokenizers>=0.19",
         "tqdm>=4.60",
         "matplotlib>=3.7",
