@@ -23,7 +23,8 @@ from interplay_jax.task.writer import read_jsonl, record_key
 MAX_ATTEMPTS_FACTOR = 20  # give up on a cell after this many draws per wanted problem
 
 
-def _item(record: dict) -> dict:
+def eval_item(record: dict) -> dict:
+    """A published-schema record as an eval item {id, op, context, mode, record}."""
     rid = record.get("id") or record_key(record)
     return {"id": str(rid), "op": int(record["op"]), "context": record["template"], "mode": record["mode"],
             "record": record}
@@ -60,7 +61,7 @@ def generate_evalset(ops: Iterable[int] = range(2, 21), contexts: Sequence[str] 
                     continue
                 seen.add(h)
                 rec = dict(rec, id=h)
-                items.append(_item(rec))
+                items.append(eval_item(rec))
                 got += 1
     return items
 
@@ -105,7 +106,7 @@ def load_eval_files(paths: Sequence[str] | str, ops: Iterable[int] | None = None
                     continue
                 if per_op is not None and per_op_count.get(op, 0) >= per_op:
                     continue
-                it = _item(rec)
+                it = eval_item(rec)
                 if it["id"] in seen:
                     continue
                 seen.add(it["id"])

@@ -282,14 +282,14 @@ def _make_sampled_eval(config, graphdef, heldout):
     import jax
 
     from interplay_jax import config as config_lib
-    from interplay_jax.eval.evalset import _item
+    from interplay_jax.eval.evalset import eval_item
     from interplay_jax.eval.evaluate import Tok, make_eval_fn
     from interplay_jax.model.qwen2 import model_config_from_dict
 
     per_bucket = int(config.eval.get("sample_prompts", 0) or 0)
     if per_bucket <= 0 or jax.process_count() > 1:
         return None
-    items = [_item(r) for recs in heldout.values() for r in recs[:per_bucket]]
+    items = [eval_item(r) for recs in heldout.values() for r in recs[:per_bucket]]
     fn = make_eval_fn(graphdef, Tok(str(config.tokenizer)), items, cfg=model_config_from_dict(config.model),
                       n=int(config.eval.get("sample_n", 4)), max_new_tokens=int(config.eval.get("sample_max_new_tokens", 256)),
                       buckets=config_lib.parse_buckets(str(config.eval.buckets)))
