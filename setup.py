@@ -5,7 +5,7 @@ setup(
     version="0.1.0",
     description=("JAX/Flax reproduction of 'On the Interplay of Pre-Training, Mid-Training, "
                  "and RL on Reasoning Language Models' (arXiv 2512.07783)"),
-    packages=find_packages(include=["interplay_jax", "interplay_jax.*", "experiments", "experiments.*"]),
+    packages=find_packages(include=["interplay_jax", "interplay_jax.*"]),
     python_requires=">=3.11",
     install_requires=[
         "jax>=0.7",

@@ -19,9 +19,10 @@ import jax
 from flax import nnx
 
 from interplay_jax.eval.evalset import generate_evalset
-from interplay_jax.eval.evaluate import Tok, evaluate_items
+from interplay_jax.eval.evaluate import evaluate_items
 from interplay_jax.model.qwen2 import Qwen2, model_config
-from interplay_jax.rl.sampler import Sampler
+from interplay_jax.sampling.sampler import Sampler
+from interplay_jax.task.tokenizer import Tokenizer
 from interplay_jax.task import formats
 
 REF_TOKENIZER = pathlib.Path(__file__).resolve().parents[2] / "shared" / "reference" / "tokenizer.json"
@@ -38,11 +39,11 @@ def main():
     ap.add_argument("--tokenizer", default=str(REF_TOKENIZER))
     args = ap.parse_args()
 
-    tok = Tok(args.tokenizer)
+    tok = Tokenizer.load(args.tokenizer)
     cfg = model_config(args.model)
     model = Qwen2(cfg, rngs=nnx.Rngs(0))
-    sampler = Sampler(model, pad_id=tok.pad_id)
-    params = nnx.state(model, nnx.Param)
+    graphdef, params = nnx.split(model, nnx.Param)
+    sampler = Sampler(graphdef, cfg, pad_id=tok.pad_id)
     items = generate_evalset(ops=[int(o) for o in args.ops.split(",")], per_op=args.per_op, seed=0)
     kw = dict(n=args.n, max_new_tokens=args.max_new_tokens, temperature=0.7, batch_prompts=args.batch_prompts,
               progress=False)

@@ -20,7 +20,7 @@ from flax import nnx
 
 from interplay_jax.model import hf
 from interplay_jax.model.qwen2 import Qwen2, model_config
-from interplay_jax.rl.sampler import Sampler
+from interplay_jax.sampling.sampler import Sampler
 
 
 def main():
@@ -43,8 +43,8 @@ def main():
           f"prompt {args.prompt_len}, new tokens {args.new_tokens}, backend {jax.default_backend()}")
 
     # ours
-    sampler = Sampler(model, pad_id=1)
-    params = nnx.state(model, nnx.Param)
+    graphdef, params = nnx.split(model, nnx.Param)
+    sampler = Sampler(graphdef, cfg, pad_id=1)
     greedy = args.mode == "greedy"
     kw = dict(n=1, max_new_tokens=args.new_tokens, temperature=0.0 if greedy else 1.0, stop_ids=())
     t0 = time.perf_counter()

@@ -25,7 +25,7 @@ from flax import nnx
 
 from interplay_jax.model.qwen2 import Qwen2, model_config
 from interplay_jax.rl import grpo
-from interplay_jax.rl.sampler import Sampler
+from interplay_jax.sampling.sampler import Sampler
 
 
 def peak_gib():
@@ -56,7 +56,7 @@ def main():
 
     rollout_tps = None
     if not args.skip_rollout:
-        sampler = Sampler(model, pad_id=1)
+        sampler = Sampler(graphdef, cfg, pad_id=1)
         prompts = [list(rng.integers(10, vocab, size=args.prompt_len)) for _ in range(args.prompts)]
         kw = dict(n=args.n, max_new_tokens=args.new_tokens, temperature=1.0, stop_ids=())
         t0 = time.perf_counter()

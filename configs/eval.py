@@ -8,8 +8,9 @@ error_types.png, deltas.png, and WORKDIR/<name>/{samples.jsonl, results.json} pe
 Rerunning an interrupted evaluation resumes from samples.jsonl.
 
 Presets:
-  paper  (default) SPEC §6: ops 2..20, 200 prompts/op (contexts A/B/C round-robin, forward),
-         n = 128 samples at T = 0.7, top-p 1, <= 1024 new tokens, stop at </answer>.
+  paper  (default) the study's protocol: ops 2..20, 200 prompts/op (contexts A/B/C round-robin,
+         forward), n = 128 samples at T = 0.7, top-p 1, <= 1024 new tokens, stop at </answer>.
+  mini   ops 2..20, 16 prompts/op, n = 16, <= 768 new tokens (one GPU, minutes).
   cpu    a few ops and prompts, n = 4, short generations: minutes on 2 CPU cores.
 Eval set: ``eval.source=generator`` (own seed namespace; ``eval.exclude`` = training JSONL files /
 dirs whose hashes are excluded) or ``eval.source=jsonl --config.eval.files=val/`` (the published
@@ -18,18 +19,19 @@ Buckets: ``--config.buckets="ID:2-10,OOD-edge:11-14,OOD-hard:15-20"``.
 """
 import ml_collections
 
-PRESETS = ("paper", "cpu")
+from interplay_jax.config import parse_preset
+
+SCALES = ("paper", "mini", "cpu")
 
 
 def get_config(arg=None):
-    preset = arg or "paper"
-    if preset not in PRESETS:
-        raise ValueError(f"unknown eval preset {preset!r}; presets: {', '.join(PRESETS)}")
+    preset = parse_preset(arg, "configs/eval.py", scale=(SCALES, "paper"))["scale"]
     c = ml_collections.ConfigDict()
     c.stage = "eval"
     c.workdir = f"runs/eval_{preset}"
     c.seed = 0
-    c.checkpoints = ""                 # comma-separated run dirs / HF dirs (required)
+    c.checkpoints = f"runs/pretrain_base_{preset}"  # comma-separated run dirs / HF dirs (default: the
+                                       # pre-training run of the same scale)
     c.names = ""                       # optional comma-separated display names (default: dir names)
     c.step = -1                        # checkpoint step for our run dirs (-1: latest)
     c.tokenizer = ""                   # override the tokenizer.json (default: the checkpoint's)
@@ -48,7 +50,11 @@ def get_config(arg=None):
     c.buckets = "ID:2-10,OOD-edge:11-14,OOD-hard:15-20"
     c.gold_nll = True
     c.progress = True
-    if preset == "cpu":
+    if preset == "mini":
+        c.eval.per_op = 16
+        c.sampling.n = 16
+        c.sampling.max_new_tokens = 768
+    elif preset == "cpu":
         c.eval.ops = "2,4,11,15"
         c.eval.per_op = 3
         c.sampling.n = 4

@@ -8,11 +8,12 @@ components ``{"ops": [...], "weight": w, "contexts": ["A", ...], "modes": [...]}
 """
 import ml_collections
 
+from interplay_jax.config import parse_preset
 from interplay_jax.task.mixture import PRESETS
 
 
 def get_config(arg=None):
-    preset = arg or "tiny"
+    preset = parse_preset(arg, "configs/generate.py", preset=(("tiny",) + tuple(PRESETS), "tiny"))["preset"]
     c = ml_collections.ConfigDict()
     c.stage = "generate"
     c.workdir = f"runs/data/{preset}"
@@ -26,6 +27,4 @@ def get_config(arg=None):
     if preset == "tiny":
         c.splits = ml_collections.ConfigDict({"eval": 20, "heldout": 20, "train": 300})
         c.shard_size = 100
-    elif preset not in PRESETS:
-        raise ValueError(f"unknown generate preset {preset!r}; presets: tiny, {', '.join(PRESETS)}")
     return c

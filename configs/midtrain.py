@@ -1,27 +1,34 @@
-"""Mid-training configs: ``--config=configs/midtrain.py:<mixture>[,<scale>] --config.init_from=RUN_DIR``.
+"""Mid-training configs: ``--config=configs/midtrain.py[:mid][,<scale>] [--config.init_from=RUN_DIR]``.
 
 Continues a pre-trained run (``init_from``: its run dir, or ``.../checkpoints/<step>``; params only,
-fresh optimizer and schedule) with the same objective (SPEC §4): mixture ``mid`` (20% op2-10 + 80%
-op11-14), lr 1e-4, warmup 15%, cosine to 3e-5. Scales as in configs/pretrain.py:
-``paper`` = paper100m, 256 x 2048 batch, 2.10B tokens (4,000 steps: the 2.10B budget of the
-compute-matched study, beta = 0; set --config.total_tokens for the others) ; ``cpu`` = tiny, minutes.
+fresh optimizer and schedule; default: the pretrain run of the same scale,
+``runs/pretrain_base_<scale>``) with the same objective: mixture ``mid`` (20% op2-10 + 80% op11-14),
+lr 1e-4, warmup 15%, cosine to 3e-5. Scales as in configs/pretrain.py:
+  paper  paper100m, 256 x 2048 batch, 2.10B tokens (4,000 steps: the 2.10B budget of the
+         compute-matched study at beta = 0; set --config.total_tokens for the others);
+  mini   the small model, 1,000 steps of 32 x 1024;
+  cpu    tiny, 100 steps of 8 x 1024 (minutes).
 """
-import importlib.util
-import pathlib
+from interplay_jax.config import load_config, parse_preset
 
-_spec = importlib.util.spec_from_file_location("_pretrain_config", pathlib.Path(__file__).with_name("pretrain.py"))
-_pretrain = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_pretrain)
+SCALES = ("cpu", "mini", "paper")
 
 
 def get_config(arg=None):
-    c = _pretrain.train_config("midtrain", arg, "mid")
-    _, scale = _pretrain.parse_arg(arg, "mid")
+    p = parse_preset(arg, "configs/midtrain.py", mixture=(("mid",), "mid"), scale=(SCALES, "cpu"))
+    scale = p["scale"]
+    c = load_config(f"pretrain.py:{scale}", lock=False)
+    c.stage = "midtrain"
+    c.mixture = p["mixture"]
+    c.workdir = f"runs/midtrain_{p['mixture']}_{scale}"
+    c.init_from = f"runs/pretrain_base_{scale}"
     c.optimizer.warmup_frac = 0.15
     if scale == "paper":
         c.optimizer.lr = 1e-4
         c.eval_every = 250
         c.total_tokens = 4000 * 256 * 2048
+    elif scale == "mini":
+        c.total_tokens = 32 * 1024 * 1000
     else:
         c.total_tokens = 8 * 1024 * 100          # 100 steps
     return c

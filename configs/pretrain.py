@@ -1,46 +1,39 @@
-"""Pre-training configs: ``--config=configs/pretrain.py:<mixture>[,<scale>]``.
+"""Pre-training configs: ``--config=configs/pretrain.py[:<mixture>][,<scale>]``.
 
-mixture (SPEC §3-§4; default ``base``): base (20/30/50 over op2-4/5-7/8-10), hard0.1, hard5, hard20,
-hard33 (uniform op2-10), hard50, ctxB0, ctxB0.1, ctxB1, ctxB10 (op2-20 context A + op2 context B),
-or any preset of interplay_jax.task.mixture; ``--config.mixture`` also takes a JSON list of components
-(``'[{"ops": [2, 3], "weight": 1, "contexts": ["A"]}]'``).
+mixture (default ``base``): base (20/30/50 over op2-4/5-7/8-10), hard0.1, hard5, hard20, hard33
+(uniform op2-10), hard50, ctxB0, ctxB0.1, ctxB1, ctxB10 (op2-20 context A + op2 context B), or any
+other preset of interplay_jax.task.mixture (docs/mixtures.md); ``--config.mixture`` also takes a JSON
+list of components (``'[{"ops": [2, 3], "weight": 1, "contexts": ["A"]}]'``).
 scale (default ``cpu``):
   paper  the study's numbers: paper100m (bf16), 10B tokens, 256 x 2048 batch (512K tokens),
          AdamW (0.9, 0.999, 1e-8), wd 0.1, clip 1.0, warmup 5%, cosine to 3e-5, peak lr 1e-4
-         (the released configs; the paper text says 2e-4: --config.optimizer.lr=2e-4).
+         (the paper text says 2e-4: --config.optimizer.lr=2e-4).
+  mini   one GPU: the ``small`` model (bf16), 32 x 1024 rows, 2,000 steps, lr 1e-3 -> 3e-4.
   cpu    the ``tiny`` model, 8 x 1024 batch, 200 steps, lr 1e-3 -> 3e-4 (10x the paper's: a tiny
          model in a few hundred steps), finishes in minutes on 2 CPU cores.
 Examples: ``configs/pretrain.py`` (base,cpu), ``configs/pretrain.py:hard50,paper``,
 ``configs/pretrain.py:ctxB1,cpu --config.workdir=runs/ctxB1``.
 Data: the generator on the fly (``data.source=generator``) or files of the generate stage / the
-published dataset (``data.source=jsonl --config.data.data_dir=DIR``); ``tokenizer`` is a
-tokenizer.json (make one with configs/tokenizer.py).
+published dataset (``data.source=jsonl --config.data.data_dir=DIR``). ``tokenizer``: a tokenizer.json
+(make one with configs/tokenizer.py); empty = the default tokenizer, built once and cached.
 """
 import ml_collections
 
-SCALES = ("cpu", "paper")
+from interplay_jax.config import parse_preset
+from interplay_jax.task.mixture import PRESETS as MIXTURES
+
+SCALES = ("cpu", "mini", "paper")
 
 
-def parse_arg(arg, default_mixture):
-    mixture, scale = default_mixture, "cpu"
-    for part in [p.strip() for p in (arg or "").split(",") if p.strip()]:
-        if part in SCALES:
-            scale = part
-        else:
-            mixture = part
-    return mixture, scale
-
-
-def train_config(stage, arg, default_mixture):
-    """The shared pretrain / midtrain config (midtrain.py changes the stage-specific fields)."""
-    mixture, scale = parse_arg(arg, default_mixture)
+def train_config(stage: str, mixture: str, scale: str) -> ml_collections.ConfigDict:
+    """The fields of the pretrain / midtrain stages (configs/midtrain.py changes its own)."""
     c = ml_collections.ConfigDict()
     c.stage = stage
     c.workdir = f"runs/{stage}_{mixture}_{scale}"
     c.seed = 0
     c.mixture = mixture
     c.modes = "normalforward"          # comma-separated default mode mix of the mixture
-    c.tokenizer = "runs/tokenizer/tokenizer.json"
+    c.tokenizer = ""                   # a tokenizer.json; "" = the default tokenizer (built once, cached)
     c.data = ml_collections.ConfigDict(dict(
         source="generator",            # "generator" (on the fly) | "jsonl" (data_dir in the published layout)
         data_dir="",
@@ -70,7 +63,19 @@ def train_config(stage, arg, default_mixture):
         sample_prompts=16,             # small-n pass@k on held-out prompts per bucket (0: off)
         sample_n=8, sample_max_new_tokens=1024))
     c.peak_flops = 990e12              # per device (H100 bf16 dense), for MFU
-    if scale == "cpu":
+    c.progress = True
+    if scale == "mini":
+        c.model = ml_collections.ConfigDict(dict(preset="small", dtype="bfloat16"))
+        c.seq_len = 1024
+        c.batch_size = 32
+        c.total_tokens = 32 * 1024 * 2000        # 2,000 steps
+        c.ckpt_every = 250
+        c.eval_every = 250
+        c.eval.per_bucket = 64
+        c.eval.sample_prompts = 0
+        c.optimizer.lr = 1e-3
+        c.optimizer.min_lr = 3e-4
+    elif scale == "cpu":
         c.model = ml_collections.ConfigDict(dict(preset="tiny", dtype="float32"))
         c.seq_len = 1024
         c.batch_size = 8
@@ -90,4 +95,5 @@ def train_config(stage, arg, default_mixture):
 
 
 def get_config(arg=None):
-    return train_config("pretrain", arg, "base")
+    p = parse_preset(arg, "configs/pretrain.py", mixture=(tuple(MIXTURES), "base"), scale=(SCALES, "cpu"))
+    return train_config("pretrain", p["mixture"], p["scale"])

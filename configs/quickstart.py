@@ -13,19 +13,13 @@ The stages use the full configs of configs/{generate,tokenizer,pretrain,midtrain
              report.md and figures
 Override any sub-stage field, e.g. ``--config.pretrain.total_steps=100``.
 """
-import importlib.util
-import pathlib
-
 import ml_collections
 
-_HERE = pathlib.Path(__file__).parent
+from interplay_jax.config import load_config
 
 
-def _load(name, arg=None):
-    spec = importlib.util.spec_from_file_location(f"_quickstart_{name}", _HERE / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+def _load(name, arg):
+    return load_config(f"{name}.py:{arg}", lock=False)
 
 
 def _shrink(c, steps, ckpt_every):

@@ -1,9 +1,10 @@
 """GRPO post-training configs: ``--config=configs/rl.py:<data>[,<scale>][,<reward>][,dr_grpo] --config.init_from=RUN``.
 
 Starts from a pre-training or mid-training run (``init_from``: its run dir or ``.../checkpoints/<step>``;
-the model is read from the parent's lineage unless ``model.preset`` is set).
+default ``runs/midtrain_mid_<scale>``; the model is read from the parent's lineage unless
+``model.preset`` is set).
 
-data (default ``op11-14``): the RL prompt regimes of SPEC §5: ``op7-10``, ``op9-12``, ``op11-14``,
+data (default ``op11-14``): the study's RL prompt regimes: ``op7-10``, ``op9-12``, ``op11-14``,
 ``op17-20``, ``uniform`` (op2-20), contexts A/B/C in thirds; ``edge`` (the study's advice: probe the
 parent on ``data.edge.ops`` and keep the ops, or with ``keep_prompts`` the prompts, it fails at pass@1
 but solves at pass@n; the choice goes to WORKDIR/edge.json and the lineage); context mixes ``ctxmixB<share>`` (share of
@@ -13,11 +14,12 @@ scale (default ``cpu``):
           <= 1024 tokens, 4 mini-batches (one pass), k3 KL 1e-3, AdamW lr 1e-6 constant, wd 0.01,
           clip 1.0, 204.8K prompts = 200 steps; rollouts in chunks of 64 prompts and updates in
           micro-batches of 8 rollouts (memory only: the objective is unchanged).
+  mini    one GPU: 32 prompts x 8 rollouts, responses <= 768 tokens, 60 steps, lr 1e-5.
   cpu     8 prompts x 4 rollouts, responses <= 512 tokens, 20 steps, lr 1e-5: minutes on 2 CPU cores.
   quick   4 prompts x 4 rollouts, prompts <= 512 (one padded length: one compilation), responses
           <= 128 tokens, 2 steps: the quickstart / tests.
 reward (default ``outcome``): outcome, strict, mixed<α> (mixed0.5, mixed0.2), original_mixed<α>,
-  original_strict (SPEC §1). ``dr_grpo``: Dr.GRPO (seq-sum / constant aggregation, no std normalisation).
+  original_strict (docs/metrics.md). ``dr_grpo``: Dr.GRPO (seq-sum / constant aggregation, no std normalisation).
 Examples: ``configs/rl.py:op11-14,paper --config.init_from=runs/pretrain_base_paper``,
 ``configs/rl.py:op11-14,mixed0.5,paper``, ``configs/rl.py:ctxmixB10,cpu --config.init_from=...``.
 Prompts: the generator with the RL split seed (``data.source=generator``), or a JSONL split
@@ -28,38 +30,24 @@ import re
 
 import ml_collections
 
-SCALES = ("cpu", "quick", "paper")
-DATA = ("op7-10", "op9-12", "op11-14", "op17-20", "uniform", "edge")
-_REWARD = re.compile(r"outcome|strict|original_strict|(original_)?mixed\d*\.?\d+")
-_CTXMIX = re.compile(r"ctxmixB\d*\.?\d+")
+from interplay_jax.config import parse_preset
 
-
-def parse_arg(arg):
-    data, scale, reward, dr = "op11-14", "cpu", "outcome", False
-    for part in [p.strip() for p in (arg or "").split(",") if p.strip()]:
-        if part in SCALES:
-            scale = part
-        elif part in DATA or _CTXMIX.fullmatch(part):
-            data = part
-        elif part in ("dr_grpo", "drgrpo"):
-            dr = True
-        elif _REWARD.fullmatch(part):
-            reward = part
-        else:
-            raise ValueError(f"unknown configs/rl.py preset part {part!r}; expected a data regime "
-                             f"({', '.join(DATA)}, ctxmixB<share>), a scale ({', '.join(SCALES)}), a reward "
-                             f"(outcome, strict, mixed<α>, original_mixed<α>, original_strict) or dr_grpo")
-    return data, scale, reward, dr
+SCALES = ("cpu", "quick", "mini", "paper")
+DATA = ("op7-10", "op9-12", "op11-14", "op17-20", "uniform", "edge", re.compile(r"ctxmixB\d*\.?\d+"))
+REWARDS = ("outcome", "strict", "original_strict", re.compile(r"(original_)?mixed\d*\.?\d+"))
 
 
 def get_config(arg=None):
-    data, scale, reward, dr = parse_arg(arg)
+    p = parse_preset(arg, "configs/rl.py", data=(DATA, "op11-14"), scale=(SCALES, "cpu"),
+                     reward=(REWARDS, "outcome"), variant=(("dr_grpo",), ""))
+    data, scale, reward, dr = p["data"], p["scale"], p["reward"], p["variant"] == "dr_grpo"
     c = ml_collections.ConfigDict()
     c.stage = "rl"
     c.workdir = f"runs/rl_{data}_{reward}{'_drgrpo' if dr else ''}_{scale}"
     c.seed = 0
-    c.tokenizer = "runs/tokenizer/tokenizer.json"
-    c.init_from = ""                   # parent run dir (pre- or mid-training) or its checkpoints/<step>
+    c.tokenizer = ""                   # a tokenizer.json; "" = the default tokenizer (built once, cached)
+    # parent run dir (pre- or mid-training) or its checkpoints/<step>
+    c.init_from = f"runs/midtrain_mid_{'cpu' if scale == 'quick' else scale}"
     c.init_step = -1                   # parent checkpoint step (-1: its latest)
     # empty preset: the parent's model (from its lineage); other non-None fields override it
     c.model = ml_collections.ConfigDict(dict(preset="", dtype=None, param_dtype=None, remat=None, attention=None))
@@ -110,6 +98,10 @@ def get_config(arg=None):
         # at 36.5 GiB (fits an 80 GB H100); 64 prompts x 6 per sampler call keeps the prefill small.
         c.rl.rollout_batch_prompts = 64
         c.rl.micro_batch_size = 8
+    elif scale == "mini":
+        c.rl.update(dict(num_prompts=32, n=8, max_response_len=768, prompt_budget=32 * 60, num_minibatches=2))
+        c.optimizer.lr = 1e-5
+        c.ckpt_every = 10
     elif scale == "cpu":
         c.rl.update(dict(num_prompts=8, n=4, max_response_len=512, prompt_budget=8 * 20, num_minibatches=2))
         c.optimizer.lr = 1e-5

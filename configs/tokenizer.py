@@ -1,6 +1,6 @@
 """Configs for the ``tokenizer`` stage: ``--config=configs/tokenizer.py[:preset]``.
 
-Trains the byte-level BPE of SPEC §2 (special tokens [UNK]=0 ... </answer>=9, ~2,200 entries) and
+Trains the study's byte-level BPE (special tokens [UNK]=0 ... </answer>=9, ~2,200 entries) and
 writes ``{workdir}/tokenizer.json`` (pretrain/midtrain read ``runs/tokenizer/tokenizer.json`` by default).
 
 Presets:
@@ -15,13 +15,13 @@ comma-separated), ``source=jsonl`` (``jsonl``: a glob of JSONL files in the publ
 """
 import ml_collections
 
+from interplay_jax.config import parse_preset
+
 PRESETS = ("default", "tiny", "reference")
 
 
 def get_config(arg=None):
-    preset = arg or "default"
-    if preset not in PRESETS:
-        raise ValueError(f"unknown tokenizer preset {preset!r}; presets: {', '.join(PRESETS)}")
+    preset = parse_preset(arg, "configs/tokenizer.py", preset=(PRESETS, "default"))["preset"]
     c = ml_collections.ConfigDict()
     c.stage = "tokenizer"
     c.workdir = "runs/tokenizer"

@@ -8,7 +8,7 @@ EDGE_PROBE = {  # per-op probe of the edge preset (configs/rl.py data.edge)
     "cpu": {"data.edge.per_op": 2, "data.edge.n": 4, "data.edge.max_new_tokens": 160, "data.edge.ops": "2-14"},
     "mini": {"data.edge.per_op": 8, "data.edge.n": 16, "data.edge.max_new_tokens": 768},
 }
-PUBLISHED = {  # strict pass@k on the released checkpoints (SPEC §7)
+PUBLISHED = {  # strict pass@k on the released checkpoints (docs/experiments.md)
     "base": {"OOD-edge": {"1": 18.2, "128": 41.1}, "ID": {"1": 83.1}},
     "rl_op11-14": {"OOD-edge": {"1": 50.6, "128": 84.0}, "ID": {"1": 82.6}},
 }

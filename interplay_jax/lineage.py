@@ -12,6 +12,7 @@ import argparse
 import logging
 import sys
 
+from interplay_jax import checkpoint as ck
 from interplay_jax.errors import UserError
 
 SUMMARY_KEYS = ("mixture", "model.preset", "seq_len", "batch_size", "total_tokens", "total_steps",
@@ -32,7 +33,6 @@ def summarize(config: dict) -> str:
 
 
 def format_chain(run_dir, digest: bool = False) -> str:
-    from interplay_jax import checkpoint as ck
     chain = ck.lineage_chain(run_dir)
     lines = []
     for depth, rec in enumerate(chain):

@@ -1,31 +1,20 @@
 """Entry point: ``python -m interplay_jax.main --config=configs/<x>.py[:preset] --config.a.b=v``.
 
-The config's ``stage`` field picks the stage module ``interplay_jax.stages.<stage>``, whose
-``run(config)`` does the work. User errors (bad config, bad data) print one line and exit 2.
+The config's ``stage`` field picks the stage (interplay_jax.stages), which validates the config and
+runs. User errors (bad config, bad data) print one line and exit 2.
 """
 from __future__ import annotations
 
-import importlib
 import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from interplay_jax import config as config_lib
 from interplay_jax.errors import UserError
+from interplay_jax.stages import run_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file[:preset].",
                                           lock_config=True)
-
-
-
-def run_config(config):
-    """Validate ``config`` and run its stage; returns whatever the stage returns."""
-    config_lib.validate(config)
-    stage = config.stage
-    module_name = "train" if stage in ("pretrain", "midtrain") else stage
-    module = importlib.import_module(f"interplay_jax.stages.{module_name}")
-    return module.run(config)
 
 
 def _main(argv):
@@ -50,6 +39,9 @@ def _parse_flags(argv):
     value of the wrong type, an unknown preset) is one line on stderr and exit 2."""
     try:
         return flags.FLAGS(argv)
+    except UserError as e:                      # e.g. an unknown preset word
+        print(f"error: bad --config: {e}", file=sys.stderr)
+        sys.exit(2)
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
         text = str(e).encode().decode("unicode_escape") if "\\n" in str(e) else str(e)
         lines = [ln.strip(" '\"") for ln in text.splitlines() if ln.strip(" '\"")]

@@ -1,5 +1,7 @@
 """Edge-of-competence selection: thresholds, fallback, and an end-to-end probe with a scripted responder."""
-from interplay_jax.rl.edge import choose, select_edge
+from conftest import load_config
+
+from interplay_jax.stages.edge import choose, select_edge
 
 
 def test_choose_thresholds_and_fallback():
@@ -50,10 +52,7 @@ def test_rl_stage_with_edge_data_probes_once_and_records_the_choice(tmp_path):
         c.save(3, state, meta={"stage": "pretrain"})
     ck.write_lineage(parent, "pretrain", {"model": model, "tokenizer": tok_path}, None)
 
-    spec = importlib.util.spec_from_file_location("rl_cfg", pathlib.Path(__file__).parents[1] / "configs" / "rl.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config("edge,quick")
+    c = load_config("rl.py:edge,quick")
     c.workdir, c.tokenizer, c.init_from, c.progress = str(tmp_path / "rl"), tok_path, str(parent), False
     c.data.edge.update(dict(ops="2-4", per_op=1, n=2, max_new_tokens=8, batch_prompts=4))
     c.rl.update(dict(num_prompts=2, n=2, max_response_len=8, total_steps=1, num_minibatches=1, prompt_buckets="512"))
@@ -70,6 +69,6 @@ def test_rl_stage_with_edge_data_probes_once_and_records_the_choice(tmp_path):
     run_config(c)
     assert json.loads((tmp_path / "rl" / "edge.json").read_text())["how"] == "stored"
     # evaluation loads the RL run with the model it inherited from its parent (not the RL config's)
-    from interplay_jax.eval.evaluate import load_checkpoint
-    loaded = load_checkpoint(tmp_path / "rl", tokenizer=tok_path)
+    from interplay_jax.sampling.policy import load_policy
+    loaded = load_policy(tmp_path / "rl", tokenizer=tok_path)
     assert (loaded.cfg.num_layers, loaded.cfg.vocab_size, loaded.step) == (1, 400, 2)

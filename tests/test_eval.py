@@ -7,6 +7,8 @@ import pathlib
 import numpy as np
 import pytest
 
+from conftest import load_config
+
 from interplay_jax.errors import ConfigError, DataError
 from interplay_jax.eval import evalset, passk, report
 from interplay_jax.eval.evaluate import evaluate_items
@@ -178,13 +180,7 @@ def micro_hf(tmp_path_factory, reference_dir):
 
 
 def _eval_config(ckpts, workdir, names=""):
-    import importlib.util
-
-    path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "eval.py"
-    spec = importlib.util.spec_from_file_location("eval_config_under_test", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config("cpu")
+    c = load_config("eval.py:cpu")
     c.checkpoints = ",".join(str(p) for p in ckpts)
     c.workdir = str(workdir)
     c.eval.ops = "2,11"
@@ -221,7 +217,7 @@ def test_missing_or_wrong_shape_checkpoint_is_one_config_error(micro_hf, tmp_pat
     from flax import nnx
 
     from interplay_jax import checkpoint as ckpt
-    from interplay_jax.eval.evaluate import load_checkpoint
+    from interplay_jax.sampling.policy import load_policy
     from interplay_jax.main import run_config
     from interplay_jax.model.qwen2 import Qwen2, model_config
 
@@ -245,23 +241,24 @@ def test_missing_or_wrong_shape_checkpoint_is_one_config_error(micro_hf, tmp_pat
     ckpt.write_lineage(run, "pretrain", config=lineage)
     with ckpt.Checkpointer(run) as c:
         c.save(3, {"params": params, "step": jnp.zeros((), jnp.int32)})
-    loaded = load_checkpoint(run)
+    loaded = load_policy(run)
     assert loaded.step == 3 and loaded.source == "run"
     ckpt.write_lineage(run, "pretrain", config=dict(lineage, model={"preset": "tiny"}))
     with pytest.raises(ConfigError, match="wrong model shape"):
-        load_checkpoint(run)
+        load_policy(run)
 
 
 def test_make_eval_fn_for_the_training_loop(reference_dir):
     from flax import nnx
 
-    from interplay_jax.eval.evaluate import Tok, make_eval_fn
+    from interplay_jax.eval.evaluate import make_eval_fn
+    from interplay_jax.task.tokenizer import Tokenizer
     from interplay_jax.model.qwen2 import Qwen2, model_config
 
     cfg = model_config("micro")
     graphdef, params = nnx.split(Qwen2(cfg, rngs=nnx.Rngs(0)), nnx.Param)
     items = evalset.generate_evalset(ops=[2, 12], per_op=1, seed=1)
-    eval_fn = make_eval_fn(graphdef, Tok(reference_dir / "tokenizer.json"), items, cfg=cfg, n=2, max_new_tokens=4)
+    eval_fn = make_eval_fn(graphdef, cfg, Tokenizer.load(reference_dir / "tokenizer.json"), items, n=2, max_new_tokens=4)
     out = eval_fn({"params": params, "step": 0})
     assert set(out) == {"ID/pass@1", "ID/pass@2", "ID/answer@1", "OOD-edge/pass@1", "OOD-edge/pass@2",
                         "OOD-edge/answer@1", "process_acc"}

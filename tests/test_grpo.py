@@ -10,7 +10,7 @@ from flax import nnx
 
 from interplay_jax.model.qwen2 import Qwen2, model_config
 from interplay_jax.rl import grpo
-from interplay_jax.rl.sampler import Sampler
+from interplay_jax.sampling.sampler import Sampler
 
 
 # ------------------------------------------------------------------------------------------ advantages
@@ -124,11 +124,11 @@ def test_kl_coef_zero_needs_no_reference():
     assert "kl" not in aux and np.isfinite(float(loss))
 
 
-def test_token_logprobs_match_log_softmax():
+def test_shifted_logprobs_match_log_softmax():
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(2, 5, 7)).astype(np.float32)
     tokens = rng.integers(0, 7, size=(2, 5))
-    logp, ent = grpo.token_logprobs(jnp.asarray(logits), jnp.asarray(tokens), temperature=2.0)
+    logp, ent = grpo.shifted_logprobs(jnp.asarray(logits), jnp.asarray(tokens), temperature=2.0)
     ls = logits / 2.0
     ls = ls - np.log(np.exp(ls).sum(-1, keepdims=True))
     expect = np.take_along_axis(ls[:, :-1], tokens[:, 1:, None], -1)[..., 0]
@@ -233,7 +233,7 @@ def test_toy_task_reward_rises_from_below_10_to_above_90_percent():
     """Reward = the first generated token is TARGET. A fresh micro model emits it ~1/V of the time."""
     model = _micro_model(seed=1)
     graphdef, params = nnx.split(model, nnx.Param)
-    sampler = Sampler(model, pad_id=1)
+    sampler = Sampler(graphdef, model.cfg, pad_id=1)
     tx = optax.adam(3e-2)
     n, prompts = 8, [[4, 5], [6, 7, 8], [9], [10, 11]]
     cfg = grpo.GRPOConfig(kl_coef=0.0)

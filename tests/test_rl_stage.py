@@ -1,6 +1,5 @@
 """The RL stage end to end on a micro model: runs from a tiny parent checkpoint, resumes exactly
 (same rollouts after resume, same final params), and rejects an unknown reward with one line."""
-import importlib.util
 import json
 import pathlib
 import shutil
@@ -12,6 +11,8 @@ import optax
 import pytest
 from flax import nnx
 
+from conftest import load_config
+
 from interplay_jax import checkpoint as ck
 from interplay_jax.errors import ConfigError
 from interplay_jax.main import run_config
@@ -19,15 +20,11 @@ from interplay_jax.model.qwen2 import Qwen2, model_config_from_dict
 from interplay_jax.rl import data as rl_data
 from interplay_jax.task.mixture import get_mixture
 from interplay_jax.task.tokenizer import train_on_records
+from interplay_jax.task.writer import record_hash
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _rl_config_module():
-    spec = importlib.util.spec_from_file_location("rl_config", REPO / "configs" / "rl.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +46,7 @@ def parent(tmp_path_factory):
 
 
 def _config(parent, workdir, steps=2, **rl):
-    c = _rl_config_module().get_config("uniform,quick")
+    c = load_config("rl.py:uniform,quick")
     c.workdir = str(workdir)
     c.tokenizer = parent["tokenizer"]
     c.init_from = str(parent["run_dir"])
@@ -135,9 +132,9 @@ def test_prompt_source_is_deterministic_disjoint_and_filters(parent, tmp_path):
     assert all(7 <= r["op"] <= 10 for r in first)
     assert [r["id"] for r in src.step_records(2, 4)] == [r["id"] for r in src.step_records(0, 4)]  # epoch 2
     # excluded hashes are never drawn
-    banned = {rl_data.record_hash(r) for r in first}
+    banned = {record_hash(r) for r in first}
     other = rl_data.PromptSource(mixture=mix, seed=0, budget=8, exclude=banned).step_records(1, 4)
-    assert not banned & {rl_data.record_hash(r) for r in other}
+    assert not banned & {record_hash(r) for r in other}
     # context mixes
     ctx = rl_data.rl_mixture("ctxmixB10", ops=[11, 12])
     templates = [ctx.record(3, i)["template"] for i in range(200)]
@@ -164,14 +161,14 @@ def test_jsonl_prompts_come_from_one_split_and_never_from_eval(tmp_path):
     mix = get_mixture({"ops": [2, 3], "contexts": ["A"]})
     write_dataset(tmp_path / "data", mix, {"eval": 6, "heldout": 10, "train": 12}, seed=0, shard_size=100,
                   progress=False)
-    c = _rl_config_module().get_config("quick")
+    c = load_config("rl.py:quick")
     c.data.source = "jsonl"
     c.data.data_dir = str(tmp_path / "data")
     c.rl.prompt_budget = 0
     src = rl_data.prompt_source_from_config(c)
-    heldout = {rl_data.record_hash(r) for r in rl_data.read_split(tmp_path / "data", "heldout")}
-    evals = {rl_data.record_hash(r) for r in rl_data.read_split(tmp_path / "data", "eval")}
-    seen = [rl_data.record_hash(src.record(i)) for i in range(20)]   # two epochs
+    heldout = {record_hash(r) for r in rl_data.read_split(tmp_path / "data", "heldout")}
+    evals = {record_hash(r) for r in rl_data.read_split(tmp_path / "data", "eval")}
+    seen = [record_hash(src.record(i)) for i in range(20)]   # two epochs
     assert set(seen) == heldout and not set(seen) & evals
     assert sorted(seen[:10]) == sorted(seen[10:]) and seen[:10] != seen[10:]  # each epoch reshuffled
     # excluding the held-out split's own files leaves nothing: one clear error

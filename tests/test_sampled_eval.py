@@ -1,7 +1,8 @@
 """Small-n sampled evaluation during training: pass@k of held-out prompts logged beside the loss."""
-import importlib.util
 import json
 import pathlib
+
+from conftest import load_config
 
 from interplay_jax.main import run_config
 
@@ -15,10 +16,7 @@ def test_pretrain_logs_sampled_pass_at_k(tmp_path):
     tok = train_on_records(get_mixture("hard0.1").record(0, i) for i in range(60))
     tok_path = tmp_path / "tokenizer.json"
     tok.save(tok_path)
-    spec = importlib.util.spec_from_file_location("pre_cfg", REPO / "configs" / "pretrain.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config("hard0.1,cpu")
+    c = load_config("pretrain.py:hard0.1,cpu")
     c.update(dict(workdir=str(tmp_path / "run"), tokenizer=str(tok_path), seq_len=512, batch_size=4, total_steps=2,
                   ckpt_every=2, log_every=1, eval_every=2))
     c.model.preset = "micro"

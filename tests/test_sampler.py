@@ -6,7 +6,9 @@ import pytest
 from flax import nnx
 
 from interplay_jax.model.qwen2 import Qwen2, model_config
-from interplay_jax.rl.sampler import Sampler, bucket_length, filter_logits, rollout
+from interplay_jax.sampling.padding import bucket_length
+from interplay_jax.sampling.rollouts import rollout
+from interplay_jax.sampling.sampler import Sampler, filter_logits
 
 PAD = 1
 
@@ -16,7 +18,8 @@ def toy():
     # Large init + untied head so random logits are far from uniform and greedy is not degenerate.
     cfg = model_config("micro", vocab_size=24, init_std=0.5, tie_embeddings=False)
     model = Qwen2(cfg, rngs=nnx.Rngs(0))
-    return model, Sampler(model, pad_id=PAD), nnx.state(model, nnx.Param)
+    graphdef, params = nnx.split(model, nnx.Param)
+    return model, Sampler(graphdef, cfg, pad_id=PAD), params
 
 
 def _full_logits(model, seq, width=32):
@@ -32,11 +35,8 @@ def _uncached_greedy(model, prompt, steps):
     return seq[len(prompt):]
 
 
-@pytest.mark.parametrize("fast_decode", [True, False])
-def test_cached_greedy_equals_uncached(toy, fast_decode):
+def test_cached_greedy_equals_uncached(toy):
     model, sampler, params = toy
-    if not fast_decode:  # the stacked [L, ...] KV cache instead of per-layer tuples
-        sampler = Sampler(model, pad_id=PAD, fast_decode=False)
     prompts = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 2, 3], [20]]
     steps = 10
     res = sampler.sample(params, prompts, n=2, max_new_tokens=steps, temperature=0.0, key=jax.random.key(0))

@@ -1,24 +1,20 @@
-"""Tokenizer (SPEC §2): special ids, lossless roundtrip, the reference file, the tokenizer stage."""
-import importlib.util
+"""Tokenizer: special ids, lossless roundtrip, the reference file, the tokenizer stage."""
 import json
 import pathlib
 
 import pytest
+
+from conftest import load_config
 
 from interplay_jax.errors import ConfigError, DataError
 from interplay_jax.task.formats import SPECIAL_TOKENS, format_document, format_prompt
 from interplay_jax.task.tokenizer import Tokenizer, load_tokenizer, train_tokenizer
 
 CONTEXTS = ("crazy_zootopia", "teachers_in_school", "movie_festival_awards")
-CONFIG_FILE = pathlib.Path(__file__).resolve().parents[1] / "configs" / "tokenizer.py"
 
 
 def get_config(arg=None):
-    """configs/tokenizer.py's get_config, loaded by path (configs/ is a plain directory)."""
-    spec = importlib.util.spec_from_file_location("_tokenizer_config", CONFIG_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return load_config(f"tokenizer.py:{arg or ''}")
 
 
 def _records(n=60):
@@ -141,7 +137,7 @@ def test_tokenizer_stage_from_jsonl(tmp_path):
     ("min_frequency", 0, "min_frequency"),
 ])
 def test_tokenizer_config_errors(field, value, message):
-    from interplay_jax.config import validate
+    from interplay_jax.stages import validate
 
     config = get_config("tiny")
     config[field] = value
@@ -150,7 +146,7 @@ def test_tokenizer_config_errors(field, value, message):
 
 
 def test_tokenizer_config_missing_files(tmp_path):
-    from interplay_jax.config import validate
+    from interplay_jax.stages import validate
 
     config = get_config("tiny")
     config.source, config.jsonl = "jsonl", str(tmp_path / "*.jsonl")
@@ -160,3 +156,30 @@ def test_tokenizer_config_missing_files(tmp_path):
     config.file = str(tmp_path / "none.json")
     with pytest.raises(ConfigError, match="does not exist"):
         validate(config)
+
+
+def test_default_tokenizer_is_built_once_deterministically_and_recorded(tmp_path, monkeypatch):
+    """A stage with no tokenizer builds the default one on first use, caches it, and the run's
+    lineage names it (path + sha256); a second build elsewhere gives the same bytes."""
+    from interplay_jax import checkpoint as ck
+    from interplay_jax.main import run_config
+    from interplay_jax.task.tokenizer import default_tokenizer_path, file_digest
+
+    monkeypatch.setenv("INTERPLAY_DEFAULT_TOKENIZER_DOCS", "300")
+    monkeypatch.setenv("INTERPLAY_CACHE", str(tmp_path / "cache"))
+    c = load_config("pretrain.py:base,cpu")
+    c.update(dict(workdir=str(tmp_path / "run"), seq_len=512, batch_size=2, total_steps=2, ckpt_every=2,
+                  eval_every=0, progress=False))
+    c.model.preset = "micro"
+    c.eval.per_bucket = 0
+    c.data.update(dict(buffer_docs=8, num_threads=0))
+    assert c.tokenizer == ""
+    run_config(c)
+    path = default_tokenizer_path()
+    assert path.is_file() and path.parent.parent == tmp_path / "cache"
+    built_at = path.stat().st_mtime_ns
+    recorded = ck.read_lineage(tmp_path / "run")["tokenizer"]
+    assert recorded == {"path": str(path), "sha256": file_digest(path)}
+    assert default_tokenizer_path().stat().st_mtime_ns == built_at          # cached: not rebuilt
+    monkeypatch.setenv("INTERPLAY_CACHE", str(tmp_path / "other"))
+    assert file_digest(default_tokenizer_path()) == recorded["sha256"]      # deterministic

@@ -12,9 +12,11 @@ import time
 import jax.numpy as jnp
 import pytest
 
+from conftest import load_config
+
 from interplay_jax import checkpoint as ck
 from interplay_jax.errors import ConfigError
-from interplay_jax.train.loop import TrainingDiverged, run_loop
+from interplay_jax.train.loop import Loop, LoopSettings, TrainingDiverged
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
@@ -146,36 +148,32 @@ def test_config_errors_are_one_line_and_exit_2(tmp_path, tokenizer_path):
 
 
 def test_validation_in_process(tmp_path, tokenizer_path):
-    from interplay_jax import config as config_lib
+    from interplay_jax import stages
     from interplay_jax.stages.train import total_steps
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("pc", REPO / "configs" / "pretrain.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    paper = mod.get_config("hard50,paper")
+    paper = load_config("pretrain.py:hard50,paper")
     assert paper.mixture == "hard50" and paper.model.preset == "paper100m" and paper.model.dtype == "bfloat16"
     assert paper.batch_size * paper.seq_len == 524_288 and total_steps(paper) == 19_073
     assert paper.optimizer.warmup_frac == 0.05 and paper.optimizer.min_lr == 3e-5
     assert paper.optimizer.weight_decay == 0.1 and paper.optimizer.grad_clip == 1.0
-    c = mod.get_config("base,cpu")
+    c = load_config("pretrain.py:base,cpu")
     c.workdir = str(tmp_path / "v")
     c.tokenizer = str(tokenizer_path)
-    config_lib.validate(c)
+    stages.validate(c)
     c.tokenizer = str(tmp_path / "missing.json")
     with pytest.raises(ConfigError, match="tokenizer"):
-        config_lib.validate(c)
+        stages.validate(c)
     c.tokenizer = str(tokenizer_path)
     c.seq_len = 4096
     with pytest.raises(ConfigError, match="max_position_embeddings"):
-        config_lib.validate(c)
+        stages.validate(c)
     c.seq_len = 1024
     c.mixture = "nope"
     with pytest.raises(ConfigError, match="unknown mixture"):
-        config_lib.validate(c)
+        stages.validate(c)
     c.mixture = "mid"
     c.stage = "midtrain"
     with pytest.raises(ConfigError, match="init_from"):
-        config_lib.validate(c)
+        stages.validate(c)
 
 
 def test_loop_stops_on_nan_and_keeps_last_good_checkpoint(tmp_path):
@@ -186,8 +184,8 @@ def test_loop_stops_on_nan_and_keeps_last_good_checkpoint(tmp_path):
 
     with ck.Checkpointer(tmp_path) as c:
         with pytest.raises(TrainingDiverged, match=r"loss is nan at step 8.*last good checkpoint: step 5"):
-            run_loop(step_fn=step, state={"w": jnp.ones(2), "step": jnp.int32(0)}, batches=lambda s, i: {},
-                     total_steps=20, checkpointer=c, ckpt_every=5, log_every=2, progress=False)
+            Loop(LoopSettings(total_steps=20, ckpt_every=5, log_every=2, progress=False), checkpointer=c).run(
+                step, {"w": jnp.ones(2), "step": jnp.int32(0)}, lambda s, i: {})
         assert c.all_steps() == [5]
 
 
@@ -206,8 +204,8 @@ def test_loop_with_a_batch_producer_and_interrupt(tmp_path):
         return {"w": state["w"] + batch["x"]}, {"loss": batch["x"], "tokens": jnp.int32(10)}
 
     with ck.Checkpointer(tmp_path) as c:
-        res = run_loop(step_fn=step, state={"w": jnp.zeros(())}, batches=produce, total_steps=50,
-                       checkpointer=c, ckpt_every=100, log_every=3, progress=False)
+        res = Loop(LoopSettings(total_steps=50, ckpt_every=100, log_every=3, progress=False), checkpointer=c).run(
+            step, {"w": jnp.zeros(())}, produce)
         assert res.reason == "interrupted" and res.step == 7 and seen == list(range(7))
         assert c.all_steps() == [7]
         state, _, _ = c.restore(target={"w": jnp.zeros(())})
@@ -217,16 +215,11 @@ def test_loop_with_a_batch_producer_and_interrupt(tmp_path):
 
 def test_quickstart_config_wiring(tmp_path):
     """The quickstart's stages are wired through {workdir}; the whole config validates up front."""
-    import importlib.util
-
-    from interplay_jax import config as config_lib
+    from interplay_jax import stages
     from interplay_jax.stages import pipeline
-    spec = importlib.util.spec_from_file_location("qs", REPO / "configs" / "quickstart.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config()
+    c = load_config("quickstart.py")
     c.workdir = str(tmp_path / "qs")
-    config_lib.validate(c)
+    stages.validate(c)
     assert c.stages.split(",") == ["generate", "tokenizer", "pretrain", "midtrain", "rl", "eval"]
     pre = pipeline.sub_config(c, "pretrain")
     mid = pipeline.sub_config(c, "midtrain")
@@ -243,4 +236,4 @@ def test_quickstart_config_wiring(tmp_path):
     c.pretrain.total_tokens = 10
     c.pretrain.total_steps = 0
     with pytest.raises(ConfigError, match="smaller than one batch"):
-        config_lib.validate(c)
+        stages.validate(c)

@@ -5,7 +5,7 @@ import pytest
 
 from interplay_jax.errors import DataError
 from interplay_jax.task.mixture import get_mixture
-from interplay_jax.task.writer import MANIFEST, iter_split, read_jsonl, record_key, write_dataset
+from interplay_jax.task.writer import MANIFEST, iter_split, read_jsonl, record_hash, write_dataset
 
 SPLITS = {"eval": 15, "heldout": 15, "train": 70}
 
@@ -39,9 +39,9 @@ def test_write_splits_disjoint_dedup_schema(tmp_path):
     for split, lines in data.items():
         recs = [json.loads(x) for x in lines]
         assert len(recs) == SPLITS[split]
-        keys = [record_key(r) for r in recs]
+        keys = [record_hash(r) for r in recs]
         assert len(set(keys)) == len(keys)                     # dedup inside a split
-        assert all(r["id"] == record_key(r) for r in recs)
+        assert all(r["id"] == record_hash(r) for r in recs)
         assert all(set(r) == {"problem", "question", "solution", "op", "id", "template", "mode", "length", "d"}
                    for r in recs)
         hashes[split] = set(keys)
@@ -100,13 +100,9 @@ def test_read_jsonl_errors_name_file_and_line(tmp_path):
 def test_generate_stage_through_main(tmp_path, capsys):
     from interplay_jax import main
     from interplay_jax.errors import ConfigError
-    import importlib.util
-    import pathlib
+    from conftest import load_config
 
-    spec = importlib.util.spec_from_file_location("gen_cfg", pathlib.Path(__file__).parents[1] / "configs" / "generate.py")
-    cfg_mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cfg_mod)
-    cfg = cfg_mod.get_config("tiny")
+    cfg = load_config("generate.py:tiny")
     cfg.workdir = str(tmp_path / "d")
     cfg.splits = {"eval": 5, "train": 30}
     cfg.progress = False

@@ -19,21 +19,13 @@ import pathlib
 from typing import Any, Callable, Iterable, Sequence
 
 import grain
+import jax
 import numpy as np
 
 from interplay_jax.errors import DataError
-from interplay_jax.task.generator import content_hash
-from interplay_jax.task.writer import read_jsonl
+from interplay_jax.task.writer import read_jsonl, record_hash, split_files
 
 # ---------------------------------------------------------------------------- records
-
-
-def record_hash(record: dict) -> str:
-    """Content hash of a problem (the task layer's dedup key / record id): SHA-256 of
-    (problem, question, solution). Always recomputed, never read from the ``id`` field."""
-    return content_hash(str(record.get("problem", "")), str(record.get("question", "")),
-                        str(record.get("solution", "")))
-
 
 class GeneratorSource:
     """A grain data source: record ``i`` is ``mixture.record(seed, i)`` (deterministic)."""
@@ -48,38 +40,13 @@ class GeneratorSource:
         return self.mixture.record(self.seed, int(index))
 
 
-def _read_jsonl(path) -> list[dict]:
-    """The task layer's checked reader (DataError "file:line: reason" on a bad line)."""
-    return list(read_jsonl(path))
-
-
-def split_files(data_dir, split: str) -> list[pathlib.Path]:
-    """JSONL files of one split in the published layout (``train/{op}/*.jsonl``, ``heldout/``...)."""
-    root = pathlib.Path(data_dir) / split
-    return sorted(root.rglob("*.jsonl")) if root.is_dir() else []
-
-
 def heldout_hashes(data_dir, splits: Sequence[str] | None = None) -> set[str]:
     """Content hashes of every record in the non-train splits under ``data_dir`` (heldout/,
     val/, test/, eval/, ...: every split directory except train/), or in ``splits``."""
     root = pathlib.Path(data_dir)
     if splits is None:
         splits = [d.name for d in sorted(root.iterdir()) if d.is_dir() and d.name != "train"] if root.is_dir() else []
-    return {record_hash(r) for s in splits for f in split_files(data_dir, s) for r in _read_jsonl(f)}
-
-
-def hashes_of_paths(paths: str | Sequence[str]) -> set[str]:
-    """Content hashes of every record in JSONL files / directories (searched recursively);
-    ``paths`` may be one comma-separated string. A missing path is a DataError."""
-    if isinstance(paths, (str, pathlib.Path)):
-        paths = [p.strip() for p in str(paths).split(",") if p.strip()]
-    out = set()
-    for p in map(pathlib.Path, paths):
-        if not p.exists():
-            raise DataError(f"{p}: no such file or directory (data.exclude)")
-        for f in ([p] if p.is_file() else sorted(p.rglob("*.jsonl"))):
-            out.update(record_hash(r) for r in _read_jsonl(f))
-    return out
+    return {record_hash(r) for s in splits for f in split_files(data_dir, s) for r in read_jsonl(f)}
 
 
 def load_train_records(data_dir, tokens_per_op: dict | None, count_tokens: Callable[[dict], int],
@@ -109,7 +76,7 @@ def load_train_records(data_dir, tokens_per_op: dict | None, count_tokens: Calla
                                                         else tokens_per_op[str(op)])
         used = 0
         for f in sorted(op_dirs[op].glob("*.jsonl")):
-            for r in _read_jsonl(f):
+            for r in read_jsonl(f):
                 if budget is not None and used >= budget:
                     break
                 out.append(r)
@@ -248,14 +215,6 @@ class FFDPackIterDataset(grain.IterDataset):
 # ---------------------------------------------------------------------------- the pipeline
 
 
-def _host() -> tuple[int, int]:
-    try:
-        import jax
-        return jax.process_index(), jax.process_count()
-    except Exception:  # pragma: no cover - jax missing or not initialised
-        return 0, 1
-
-
 def build_dataset(source, encode: Callable[[dict], Sequence[int]], *, seq_len: int, batch_size: int,
                   pad_id: int, exclude_hashes: Iterable[str] = (), buffer_docs: int = 256,
                   shuffle_seed: int | None = None, num_epochs: int | None = 1,
@@ -268,9 +227,8 @@ def build_dataset(source, encode: Callable[[dict], Sequence[int]], *, seq_len: i
     per-host batch. ``shuffle_seed``: shuffle a finite source (JSONL); the generator source is
     already random per index. ``num_epochs``: passes over a finite source (None: forever).
     """
-    pi, pc = _host()
-    pi = pi if process_index is None else process_index
-    pc = pc if process_count is None else process_count
+    pi = jax.process_index() if process_index is None else process_index
+    pc = jax.process_count() if process_count is None else process_count
     ds = grain.MapDataset.source(source)
     if shuffle_seed is not None:
         ds = ds.shuffle(seed=int(shuffle_seed))

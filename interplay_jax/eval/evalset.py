@@ -1,11 +1,12 @@
-"""Evaluation sets (SPEC §6): generated per (op, context, mode), or the published JSONL files.
+"""Evaluation sets (docs/metrics.md): generated per (op, context, mode), or the published JSONL files.
 
 An eval item is a dict ``{"id", "op", "context", "mode", "record"}`` where ``record`` is the
 problem in the published schema (``context`` = ``record["template"]``).
 
 Generated sets use their own seed namespace ("interplay_jax.eval", seed, op, context, mode, i) —
 a namespace no training stream uses — and additionally drop any problem whose content hash is in
-``exclude_hashes`` (e.g. the hashes of a training set, see :func:`hashes_of`) or already in the set.
+``exclude_hashes`` (e.g. the hashes of a training set, see
+:func:`interplay_jax.task.writer.hashes_of_paths`) or already in the set.
 So eval problems are disjoint by hash from the training data that is passed in, and deduplicated.
 No JAX here.
 """
@@ -18,14 +19,14 @@ from typing import Iterable, Sequence
 from interplay_jax.errors import ConfigError, DataError
 from interplay_jax.task.contexts import get_context
 from interplay_jax.task.generator import FORWARD, check_mode, check_op, generate_problem, stable_rng
-from interplay_jax.task.writer import read_jsonl, record_key
+from interplay_jax.task.writer import jsonl_files, read_jsonl, record_hash
 
 MAX_ATTEMPTS_FACTOR = 20  # give up on a cell after this many draws per wanted problem
 
 
 def eval_item(record: dict) -> dict:
     """A published-schema record as an eval item {id, op, context, mode, record}."""
-    rid = record.get("id") or record_key(record)
+    rid = record.get("id") or record_hash(record)
     return {"id": str(rid), "op": int(record["op"]), "context": record["template"], "mode": record["mode"],
             "record": record}
 
@@ -56,7 +57,7 @@ def generate_evalset(ops: Iterable[int] = range(2, 21), contexts: Sequence[str] 
                 s = stable_rng("interplay_jax.eval", seed, op, ctx, mode, attempt).getrandbits(62)
                 attempt += 1
                 rec = generate_problem(op, ctx, mode, s)
-                h = record_key(rec)
+                h = record_hash(rec)
                 if h in seen:
                     continue
                 seen.add(h)
@@ -64,17 +65,6 @@ def generate_evalset(ops: Iterable[int] = range(2, 21), contexts: Sequence[str] 
                 items.append(eval_item(rec))
                 got += 1
     return items
-
-
-def _jsonl_files(path: pathlib.Path) -> list[pathlib.Path]:
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        files = sorted(path.rglob("*.jsonl"))
-        if files:
-            return files
-        raise ConfigError(f"eval directory {path} holds no .jsonl files")
-    raise ConfigError(f"eval file or directory {path} does not exist")
 
 
 _OP_IN_NAME = re.compile(r"op(\d+)")
@@ -90,7 +80,7 @@ def load_eval_files(paths: Sequence[str] | str, ops: Iterable[int] | None = None
     wanted = None if ops is None else {int(o) for o in ops}
     items, per_op_count, seen = [], {}, set()
     for p in paths:
-        for f in _jsonl_files(pathlib.Path(p)):
+        for f in jsonl_files(p):
             m = _OP_IN_NAME.search(f.name)
             if wanted is not None and m and int(m.group(1)) not in wanted:
                 continue  # skip whole files of unwanted ops without reading them
@@ -115,14 +105,3 @@ def load_eval_files(paths: Sequence[str] | str, ops: Iterable[int] | None = None
     if not items:
         raise ConfigError(f"no eval problems found in {', '.join(map(str, paths))} for ops {sorted(wanted or [])}")
     return items
-
-
-def hashes_of(paths: Sequence[str] | str) -> set[str]:
-    """Content hashes of every record in the given JSONL files / directories (for exclusion)."""
-    if isinstance(paths, (str, pathlib.Path)):
-        paths = [p for p in str(paths).split(",") if p]
-    out = set()
-    for p in paths:
-        for f in _jsonl_files(pathlib.Path(p)):
-            out.update(record_key(r) for r in read_jsonl(f))
-    return out

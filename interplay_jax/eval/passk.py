@@ -1,4 +1,4 @@
-"""Unbiased pass@k and its aggregation over ops, contexts, modes and buckets (SPEC §6).
+"""Unbiased pass@k and its aggregation over ops, contexts, modes and buckets (docs/metrics.md).
 
 pass@k for one prompt with n samples of which c are correct is 1 - C(n-c, k) / C(n, k)
 (Chen et al. 2021). We evaluate it in the numerically stable product form

@@ -212,10 +212,18 @@ def markdown(summaries: Mapping[str, dict]) -> str:
 
 
 def _plt():
+    """matplotlib (Agg), imported on first figure: most importers of this module write no figure."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
+
+
+def _save(plt, fig, path) -> pathlib.Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return pathlib.Path(path)
 
 
 def plot_passk_curves(summaries: Mapping[str, dict], path) -> pathlib.Path:
@@ -240,10 +248,7 @@ def plot_passk_curves(summaries: Mapping[str, dict], path) -> pathlib.Path:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("pass@k (%)  solid: strict, dashed: answer")
     axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return pathlib.Path(path)
+    return _save(plt, fig, path)
 
 
 def plot_per_op(summaries: Mapping[str, dict], path) -> pathlib.Path:
@@ -271,10 +276,7 @@ def plot_per_op(summaries: Mapping[str, dict], path) -> pathlib.Path:
     axes[1].set_xticks(x, [str(op) for op in ops])
     axes[1].set_xlabel("op")
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return pathlib.Path(path)
+    return _save(plt, fig, path)
 
 
 def plot_error_types(summaries: Mapping[str, dict], path) -> pathlib.Path:
@@ -294,10 +296,7 @@ def plot_error_types(summaries: Mapping[str, dict], path) -> pathlib.Path:
         ax.set_ylim(0, 102)
     axes[0][0].set_ylabel("% of samples")
     axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return pathlib.Path(path)
+    return _save(plt, fig, path)
 
 
 def plot_deltas(summaries: Mapping[str, dict], path) -> pathlib.Path | None:
@@ -326,10 +325,7 @@ def plot_deltas(summaries: Mapping[str, dict], path) -> pathlib.Path | None:
         ax.set_title(f"Δ strict {which} (points)")
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return pathlib.Path(path)
+    return _save(plt, fig, path)
 
 
 def write_report(out_dir, summaries: Mapping[str, dict]) -> dict:

@@ -1,21 +1,21 @@
 """A run = one stage config (file, preset, overrides) + the runs it depends on.
 
-An experiment module (``experiments/e1.py`` ...) exposes ``runs(scale) -> list[Run]``; the order of
-the list is irrelevant, the DAG comes from ``parent`` (init_from) and ``compare`` (eval inputs).
+An experiment definition (``experiments/e1.py`` ... at the repo root, loaded by path like a config
+file) exposes ``runs(scale) -> list[Run]``; the order of the list is irrelevant, the DAG comes from
+``parent`` (init_from), ``compare`` (eval inputs) and ``refs`` (e.g. the tokenizer run).
 Run directories are ``<root>/<experiment>/<run name>``, named so a person can tell what each is.
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
-import importlib
-import importlib.util
 import pathlib
 import shlex
 
+from interplay_jax import config as config_lib
 from interplay_jax.errors import ConfigError
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
-CONFIGS = REPO / "configs"
+EXPERIMENTS_DIR = config_lib.REPO / "experiments"
 EXPERIMENTS = ("E1", "E2", "E3", "E4", "E5", "E7")
 ALIASES = {"E6": "E5"}   # E5 and E6 are one grid (context share in RL) at two readouts
 SCALES = ("mini", "paper", "cpu")
@@ -39,10 +39,11 @@ class Run:
 
 
 def experiment_module(name: str):
+    """The definition module of experiment ``name`` (``experiments/<name>.py``)."""
     key = ALIASES.get(name.upper(), name.upper())
     if key not in EXPERIMENTS:
         raise ConfigError(f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS + tuple(ALIASES))}")
-    return importlib.import_module(f"experiments.{key.lower()}")
+    return config_lib.load_module(EXPERIMENTS_DIR / f"{key.lower()}.py")
 
 
 def expand(name: str, scale: str) -> list[Run]:
@@ -55,8 +56,6 @@ def expand(name: str, scale: str) -> list[Run]:
 
 def apply_overrides(runs: list[Run], specs: list[str]) -> None:
     """``RUN.KEY=VALUE`` strings (VALUE parsed as a Python literal when it is one) into the runs."""
-    import ast
-
     by_name = {r.name: r for r in runs}
     for spec in specs:
         target, eq, raw = spec.partition("=")
@@ -113,34 +112,15 @@ def resolved_overrides(run: Run, root: pathlib.Path) -> dict:
 
 def load_config(run: Run, root: pathlib.Path):
     """Build the run's ml_collections config exactly as the command line would."""
-    path = CONFIGS / run.config
+    path = config_lib.CONFIGS_DIR / run.config
     if not path.is_file():
         raise ConfigError(f"run {run.name!r}: no config file {path}")
-    spec = importlib.util.spec_from_file_location(f"_cfg_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(run.arg or None)
+    spec = run.config + (f":{run.arg}" if run.arg else "")
+    config = config_lib.load_config(spec, lock=False)
     for key, value in resolved_overrides(run, root).items():
-        set_dotted(config, key, value, run.name)
+        config_lib.override(config, key, value, where=f"run {run.name!r}: ")
     config.lock()
     return config
-
-
-def set_dotted(config, key: str, value, run_name: str = "") -> None:
-    node = config
-    parts = key.split(".")
-    for p in parts[:-1]:
-        if p not in node:
-            raise ConfigError(f"run {run_name!r}: config has no field {key!r}")
-        node = node[p]
-    if parts[-1] not in node:
-        raise ConfigError(f"run {run_name!r}: config has no field {key!r}")
-    old = node[parts[-1]]
-    if isinstance(old, float) and isinstance(value, int):
-        value = float(value)
-    elif isinstance(old, str) and not isinstance(value, str):  # e.g. ops "2,3,4" parsed as a tuple
-        value = ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
-    node[parts[-1]] = value
 
 
 def command(run: Run, root: pathlib.Path) -> str:

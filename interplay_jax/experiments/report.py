@@ -2,7 +2,7 @@
 
 Gathers the per-checkpoint ``results.json`` of an experiment's eval runs into one directory
 (``<root>/<E>_<scale>/report/``): the combined results.json, report.md (our tables, then the study's
-published numbers of SPEC §7 beside ours where a cell matches), and the figures of
+published numbers (docs/experiments.md) beside ours where a cell matches), and the figures of
 ``interplay_jax.eval.report`` (pass@k curves, per-op bars, error types, deltas vs the base).
 """
 from __future__ import annotations
@@ -87,7 +87,7 @@ def build(experiment: str, scale: str, root: pathlib.Path) -> dict:
         md += ["## Gain of RL over its base (strict, points): op11-14 / op15-20", "",
                "| pre-training | k | ours | published |", "|---|---|---|---|", *rows, ""]
     pub = getattr(module, "PUBLISHED", {})
-    md += ["## Published numbers (SPEC §7)", "", "```", json.dumps(pub, indent=1), "```", "",
+    md += ["## Published numbers", "", "```", json.dumps(pub, indent=1), "```", "",
            pathlib.Path(paths["markdown"]).read_text()]
     pathlib.Path(paths["markdown"]).write_text("\n".join(md))
     return paths

@@ -14,6 +14,7 @@ import time
 
 from interplay_jax.errors import UserError
 from interplay_jax.experiments import dag
+from interplay_jax.stages import run_config
 
 
 def describe(runs, root) -> str:
@@ -50,8 +51,6 @@ def main(argv=None) -> int:
         print(describe(runs, root))
         if a.dry_run:
             return 0
-        from interplay_jax.main import run_config
-
         only = {s for s in a.only.split(",") if s}
         for r in runs:
             if only and r.name not in only:

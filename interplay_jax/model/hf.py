@@ -16,6 +16,7 @@ import shutil
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from safetensors.numpy import load_file, save_file
 
 from interplay_jax.errors import ConfigError
 from interplay_jax.model.qwen2 import ModelConfig, Qwen2, abstract_model
@@ -98,8 +99,6 @@ def _read_tensors(path: pathlib.Path) -> dict[str, np.ndarray]:
     index = path / "model.safetensors.index.json"
     single = path / "model.safetensors"
     if single.is_file() or index.is_file():
-        from safetensors.numpy import load_file
-
         files = [single] if single.is_file() else sorted(
             {path / f for f in json.loads(index.read_text())["weight_map"].values()})
         out = {}
@@ -111,7 +110,7 @@ def _read_tensors(path: pathlib.Path) -> dict[str, np.ndarray]:
     bin_file = path / "pytorch_model.bin"
     if bin_file.is_file():
         try:
-            import torch
+            import torch  # optional: only for pytorch_model.bin checkpoints
         except ImportError:
             raise ConfigError(f"{bin_file} needs torch to read; install torch or convert it to safetensors") from None
         state = torch.load(str(bin_file), map_location="cpu", weights_only=True)
@@ -214,8 +213,6 @@ def load(path, **overrides) -> tuple[Qwen2, ModelConfig]:
 def save(model: Qwen2, cfg: ModelConfig, path, tokenizer=None) -> pathlib.Path:
     """Write an HF Qwen2 directory; ``tokenizer``: a tokenizer.json path, a directory holding one,
     a ``tokenizers.Tokenizer`` or an HF tokenizer (``save_pretrained``)."""
-    from safetensors.numpy import save_file
-
     path = pathlib.Path(path)
     path.mkdir(parents=True, exist_ok=True)
     params = {name: np.asarray(var[...], np.float32) for name, var in _flat_params(model).items()}

@@ -1,4 +1,4 @@
-"""Qwen2-style decoder in Flax NNX (SPEC §2), with a static-shape KV cache for rollouts.
+"""Qwen2-style decoder in Flax NNX (docs/budgets.md), with a static-shape KV cache for rollouts.
 
 Architecture: token embedding -> L x [RMSNorm -> GQA self-attention (q/k/v bias, no o bias, RoPE)
 -> residual -> RMSNorm -> SwiGLU MLP -> residual] -> RMSNorm -> logits = h @ embed.T (tied).
@@ -26,9 +26,10 @@ the q/k/v and gate/up kernels are concatenated at use into one matmul each (para
 the sharding rules of interplay_jax/train/sharding.py apply unchanged).
 
 KV cache (see :func:`init_cache`): a dict of plain arrays with static shapes
-``{"k": [L, B, S, K, Dh], "v": [L, B, S, K, Dh], "valid": [B, S] bool, "pos": [B] int32,
-"index": [] int32}`` (or ``per_layer=True``: k/v as tuples of L arrays [B, S, K, Dh]). ``index`` is the next slot to write (shared by the batch), ``pos`` the next
-RoPE position of each row (rows differ under left padding), ``valid`` marks written non-pad slots.
+``{"k": L x [B, S, K, Dh], "v": L x [B, S, K, Dh], "valid": [B, S] bool, "pos": [B] int32,
+"index": [] int32}`` (k/v are tuples of per-layer arrays). ``index`` is the next slot to write
+(shared by the batch), ``pos`` the next RoPE position of each row (rows differ under left padding),
+``valid`` marks written non-pad slots.
 """
 from __future__ import annotations
 
@@ -118,7 +119,7 @@ class ModelConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # The study's model (SPEC §2, reference/qwen2_100M_config.json): 103,171,584 parameters.
+    # The study's model (the release's qwen2_100M config.json): 103,170,816 parameters.
     "paper100m": dict(),
     # ~10M: the CPU benchmark / scaled-down experiments.
     "small": dict(hidden_size=256, intermediate_size=1024, num_layers=10, num_heads=8, num_kv_heads=2,
@@ -336,7 +337,8 @@ def _layer_call(layer, x, cos, sin, mask):
 
 
 class Qwen2(nnx.Module):
-    """The decoder. ``model(tokens_BxT)`` -> fp32 logits [B, T, V]; with ``cache=`` -> (logits, cache)."""
+    """The decoder. ``model(tokens_BxT)`` -> fp32 logits [B, T, V];
+    ``model.with_cache(tokens_BxT, cache)`` -> (logits, new cache) for prefill and decode."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         cfg.validate()
@@ -348,106 +350,93 @@ class Qwen2(nnx.Module):
         if not cfg.tie_embeddings:
             self.lm_head = _normal(rngs, (cfg.hidden_size, cfg.vocab_size), cfg.init_std, pdt)
 
-    def __call__(self, tokens_BxT, *, positions_BxT=None, segment_ids_BxT=None, cache=None,
-                 cache_index=None):
-        """Forward pass.
-
-        Without ``cache``: causal attention over the chunk; with ``segment_ids_BxT`` attention stays
-        within equal ids and id 0 is padding (attends nowhere, ignored as a key). Positions default to
-        0..T-1, or restart at every segment change when segment ids are given.
-
-        With ``cache`` (from :func:`init_cache`): the chunk is written at slot ``cache_index``
-        (default ``cache["index"]``) — prefill a prompt with ``cache_index=0`` and T = prompt length,
-        then decode one token at a time. ``segment_ids_BxT`` here only marks validity (0 = pad, e.g.
-        left padding); positions default to each row's next position (``cache["pos"]`` + number of
-        valid tokens before it), so left-padded rows get RoPE positions 0.. from their first real
-        token. Returns (logits, new_cache).
-        """
-        cfg, dt = self.cfg, self.cfg.compute_dtype
+    def __call__(self, tokens_BxT, *, positions_BxT=None, segment_ids_BxT=None):
+        """Causal attention over the chunk; with ``segment_ids_BxT`` attention stays within equal ids
+        and id 0 is padding (attends nowhere, ignored as a key). Positions default to 0..T-1, or
+        restart at every segment change when segment ids are given. Returns fp32 logits [B, T, V]."""
+        cfg = self.cfg
         tokens_BxT = jnp.asarray(tokens_BxT, jnp.int32)
         b, t = tokens_BxT.shape
-        x = jnp.take(self.embed[...], tokens_BxT, axis=0).astype(dt)
-
-        if cache is None:
-            if segment_ids_BxT is None:
-                mask = None  # plain causal: built (or fused, e.g. cuDNN) inside attention()
-                if positions_BxT is None:
-                    positions_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        x_BxTxD = self._embed(tokens_BxT)
+        if segment_ids_BxT is None:
+            mask_BxTxT = None  # plain causal: built (or fused, e.g. cuDNN) inside attention()
+            if positions_BxT is None:
+                positions_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        else:
+            seg_BxT = jnp.asarray(segment_ids_BxT, jnp.int32)
+            causal_1xTxT = jnp.tril(jnp.ones((t, t), bool))[None]
+            mask_BxTxT = (causal_1xTxT & (seg_BxT[:, :, None] == seg_BxT[:, None, :])
+                          & (seg_BxT[:, None, :] != 0))
+            if positions_BxT is None:
+                positions_BxT = segment_positions(seg_BxT)
+        cos, sin = rope_tables(positions_BxT, cfg.head_dim, cfg.rope_theta)
+        for layer in self.layers:
+            if cfg.remat:
+                x_BxTxD = nnx.remat(_layer_call)(layer, x_BxTxD, cos, sin, mask_BxTxT)
             else:
-                seg = jnp.asarray(segment_ids_BxT, jnp.int32)
-                causal = jnp.tril(jnp.ones((t, t), bool))[None]
-                mask = causal & (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] != 0)
-                if positions_BxT is None:
-                    positions_BxT = segment_positions(seg)
-            cos, sin = rope_tables(positions_BxT, cfg.head_dim, cfg.rope_theta)
-            for layer in self.layers:
-                if cfg.remat:
-                    x = nnx.remat(_layer_call)(layer, x, cos, sin, mask)
-                else:
-                    x = layer(x, cos, sin, mask)[0]
-            return self._logits(x)
-        return self._cached_call(tokens_BxT, x, positions_BxT, segment_ids_BxT, cache, cache_index)
+                x_BxTxD = layer(x_BxTxD, cos, sin, mask_BxTxT)[0]
+        return self._logits(x_BxTxD)
 
-    def _logits(self, x_BxTxD):
+    def with_cache(self, tokens_BxT, cache, *, positions_BxT=None, segment_ids_BxT=None, cache_index=None):
+        """Write the chunk into ``cache`` (from :func:`init_cache`) at slot ``cache_index`` (default
+        ``cache["index"]``) and attend over every written slot: prefill a prompt with
+        ``cache_index=0`` and T = prompt length, then decode one token at a time.
+        ``segment_ids_BxT`` here only marks validity (0 = pad, e.g. left padding); positions default
+        to each row's next position (``cache["pos"]`` + valid tokens before it), so left-padded rows
+        get RoPE positions 0.. from their first real token. Returns (fp32 logits [B, T, V], new cache).
+        """
         cfg = self.cfg
-        h = rms_norm(x_BxTxD, self.final_norm[...], cfg.rms_norm_eps)
-        if cfg.tie_embeddings:
-            w = self.embed[...].astype(h.dtype)
-            return jnp.einsum("btd,vd->btv", h, w, preferred_element_type=jnp.float32)
-        return jnp.einsum("btd,dv->btv", h, self.lm_head[...].astype(h.dtype), preferred_element_type=jnp.float32)
-
-    def _cached_call(self, tokens_BxT, x, positions_BxT, segment_ids_BxT, cache, cache_index):
-        cfg = self.cfg
+        tokens_BxT = jnp.asarray(tokens_BxT, jnp.int32)
         b, t = tokens_BxT.shape
-        per_layer = isinstance(cache["k"], (tuple, list))
-        s = cache["k"][0].shape[1] if per_layer else cache["k"].shape[2]
+        x_BxTxD = self._embed(tokens_BxT)
+        s = cache["k"][0].shape[1]
         index = cache["index"] if cache_index is None else jnp.asarray(cache_index, jnp.int32)
         if segment_ids_BxT is None:
-            new_valid = jnp.ones((b, t), bool)
+            new_valid_BxT = jnp.ones((b, t), bool)
         else:
-            new_valid = jnp.asarray(segment_ids_BxT) != 0
+            new_valid_BxT = jnp.asarray(segment_ids_BxT) != 0
         if positions_BxT is None:
-            positions_BxT = cache["pos"][:, None] + jnp.cumsum(new_valid, axis=1, dtype=jnp.int32) - 1
+            positions_BxT = cache["pos"][:, None] + jnp.cumsum(new_valid_BxT, axis=1, dtype=jnp.int32) - 1
             positions_BxT = jnp.maximum(positions_BxT, 0)
-        valid = jax.lax.dynamic_update_slice(cache["valid"], new_valid, (jnp.zeros((), jnp.int32), index))
-        slots = jnp.arange(s, dtype=jnp.int32)
-        q_slots = index + jnp.arange(t, dtype=jnp.int32)
-        mask = valid[:, None, :] & (slots[None, None, :] <= q_slots[None, :, None])
+        valid_BxS = jax.lax.dynamic_update_slice(cache["valid"], new_valid_BxT, (jnp.zeros((), jnp.int32), index))
+        slots_S = jnp.arange(s, dtype=jnp.int32)
+        q_slots_T = index + jnp.arange(t, dtype=jnp.int32)
+        mask_BxTxS = valid_BxS[:, None, :] & (slots_S[None, None, :] <= q_slots_T[None, :, None])
         cos, sin = rope_tables(positions_BxT, cfg.head_dim, cfg.rope_theta)
         ks, vs = [], []
         for i, layer in enumerate(self.layers):
-            x, (k_i, v_i) = layer(x, cos, sin, mask, kv_cache=(cache["k"][i], cache["v"][i]),
-                                  cache_index=index)
+            x_BxTxD, (k_i, v_i) = layer(x_BxTxD, cos, sin, mask_BxTxS, kv_cache=(cache["k"][i], cache["v"][i]),
+                                        cache_index=index)
             ks.append(k_i)
             vs.append(v_i)
-        if not per_layer:
-            ks, vs = jnp.stack(ks), jnp.stack(vs)
-        new_cache = dict(k=tuple(ks) if per_layer else ks, v=tuple(vs) if per_layer else vs, valid=valid,
-                         pos=cache["pos"] + jnp.sum(new_valid, axis=1, dtype=jnp.int32),
-                         index=index + t)
-        return self._logits(x), new_cache
+        new_cache = dict(k=tuple(ks), v=tuple(vs), valid=valid_BxS,
+                         pos=cache["pos"] + jnp.sum(new_valid_BxT, axis=1, dtype=jnp.int32), index=index + t)
+        return self._logits(x_BxTxD), new_cache
+
+    def _embed(self, tokens_BxT):
+        return jnp.take(self.embed[...], tokens_BxT, axis=0).astype(self.cfg.compute_dtype)
+
+    def _logits(self, x_BxTxD):
+        cfg = self.cfg
+        h_BxTxD = rms_norm(x_BxTxD, self.final_norm[...], cfg.rms_norm_eps)
+        if cfg.tie_embeddings:
+            w_VxD = self.embed[...].astype(h_BxTxD.dtype)
+            return jnp.einsum("btd,vd->btv", h_BxTxD, w_VxD, preferred_element_type=jnp.float32)
+        return jnp.einsum("btd,dv->btv", h_BxTxD, self.lm_head[...].astype(h_BxTxD.dtype),
+                          preferred_element_type=jnp.float32)
 
 
 # ----------------------------------------------------------------------------------------- helpers
 
 
-def init_cache(cfg: ModelConfig, batch_size: int, max_len: int, dtype=None, per_layer: bool = False) -> dict:
-    """An empty KV cache (see module docstring for the layout); dtype defaults to cfg.dtype.
-
-    ``per_layer=True`` stores k/v as tuples of L arrays [B, S, K, Dh] instead of one stacked
-    [L, B, S, K, Dh] array: inside a ``lax.while_loop`` decode XLA then updates each layer in place
-    rather than re-stacking the whole cache every token. The model accepts either form and returns
-    the form it was given.
-    """
+def init_cache(cfg: ModelConfig, batch_size: int, max_len: int, dtype=None) -> dict:
+    """An empty KV cache (layout in the module docstring); dtype defaults to cfg.dtype. K/V are
+    tuples of per-layer arrays [B, S, K, Dh]: inside a ``lax.while_loop`` decode XLA updates each
+    layer in place (a stacked [L, ...] array would be re-stacked every token: ~3x slower on CPU)."""
     dtype = jnp.dtype(dtype or cfg.dtype)
-    if per_layer:
-        shape = (batch_size, max_len, cfg.num_kv_heads, cfg.head_dim)
-        kv = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))  # noqa: E731
-        return dict(k=kv(), v=kv(), valid=jnp.zeros((batch_size, max_len), bool),
-                    pos=jnp.zeros((batch_size,), jnp.int32), index=jnp.zeros((), jnp.int32))
-    shape = (cfg.num_layers, batch_size, max_len, cfg.num_kv_heads, cfg.head_dim)
-    return dict(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
-                valid=jnp.zeros((batch_size, max_len), bool),
+    shape = (batch_size, max_len, cfg.num_kv_heads, cfg.head_dim)
+    kv = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))  # noqa: E731
+    return dict(k=kv(), v=kv(), valid=jnp.zeros((batch_size, max_len), bool),
                 pos=jnp.zeros((batch_size,), jnp.int32), index=jnp.zeros((), jnp.int32))
 
 

@@ -1,4 +1,4 @@
-"""RL prompts (SPEC §5): which problems GRPO trains on, deterministically from the step index.
+"""RL prompts (docs/mixtures.md): which problems GRPO trains on, deterministically from the step index.
 
 Sources:
 - ``generator``: prompt ``i`` is a record of the mixture drawn with the RL split seed
@@ -22,24 +22,20 @@ scale) index ``i`` maps to epoch ``i // budget``. This module has no JAX import.
 from __future__ import annotations
 
 import pathlib
-from typing import Iterable, Sequence
+from typing import Sequence
 
+from interplay_jax.config import parse_list
 from interplay_jax.errors import ConfigError
-from interplay_jax.task.generator import content_hash, stable_rng
+from interplay_jax.task.generator import stable_rng
 from interplay_jax.task.mixture import PRESETS as TASK_PRESETS
 from interplay_jax.task.mixture import Mixture, get_mixture
-from interplay_jax.task.writer import read_jsonl, split_seed
+from interplay_jax.task.writer import hashes_of_paths, read_jsonl, record_hash, split_files, split_seed
 
 CTXMIX_OPS = tuple(range(2, 21))   # the context study's op range (op2-20)
 CTXMIX_SHARES = (0, 1, 2, 10, 50, 100)
 ALIASES = {"op7-10": "rl7-10", "op9-12": "rl9-12", "op11-14": "rl11-14", "op17-20": "rl17-20",
            "uniform": "rl_uniform"}
 SOURCES = ("generator", "jsonl")
-
-
-def record_hash(record: dict) -> str:
-    return content_hash(str(record.get("problem", "")), str(record.get("question", "")),
-                        str(record.get("solution", "")))
 
 
 def context_mix(share_b: float, ops: Sequence[int] = CTXMIX_OPS) -> list[dict]:
@@ -76,24 +72,11 @@ def rl_mixture(name: str, modes=("normalforward",), ops: Sequence[int] | None = 
 
 def read_split(data_dir, split: str) -> list[dict]:
     """Every record of ``data_dir/split/**/*.jsonl`` (file order); DataError names file:line."""
-    root = pathlib.Path(data_dir) / split
-    files = sorted(root.rglob("*.jsonl")) if root.is_dir() else []
+    files = split_files(data_dir, split)
     if not files:
-        raise ConfigError(f"no JSONL files under {root} (RL data.source=jsonl needs data_dir/{split}/...)")
+        raise ConfigError(f"no JSONL files under {pathlib.Path(data_dir) / split} (RL data.source=jsonl needs "
+                          f"data_dir/{split}/...)")
     return [r for f in files for r in read_jsonl(f)]
-
-
-def hashes_of(paths: Iterable[str]) -> set[str]:
-    """Content hashes of every record in the given JSONL files / directories (searched recursively)."""
-    out = set()
-    for p in paths:
-        p = pathlib.Path(p)
-        if not p.exists():
-            raise ConfigError(f"exclude path {p} does not exist")
-        files = [p] if p.is_file() else sorted(p.rglob("*.jsonl"))
-        for f in files:
-            out.update(record_hash(r) for r in read_jsonl(f))
-    return out
 
 
 class PromptSource:
@@ -156,9 +139,8 @@ def prompt_source_from_config(config, edge: dict | None = None) -> PromptSource:
     """From the RL config's ``data`` block (see configs/rl.py); ``edge`` is an edge-of-competence
     choice (interplay_jax.rl.edge) for ``data.mixture == "edge"``: its prompts, or its ops uniformly."""
     d = config.data
-    modes = [m.strip() for m in str(d.get("modes", "normalforward")).split(",") if m.strip()]
-    excl_paths = [p.strip() for p in str(d.get("exclude", "") or "").split(",") if p.strip()]
-    exclude = hashes_of(excl_paths)
+    modes = parse_list(d.get("modes", "normalforward"))
+    exclude = hashes_of_paths(parse_list(d.get("exclude", "")))
     budget = int(config.rl.prompt_budget)
     if d.source == "jsonl":
         data_dir = pathlib.Path(str(d.data_dir))
@@ -166,7 +148,7 @@ def prompt_source_from_config(config, edge: dict | None = None) -> PromptSource:
         # also keep out every other non-train split (eval sets) of the same directory
         others = [p for p in sorted(data_dir.iterdir()) if p.is_dir() and p.name not in ("train", split)] \
             if data_dir.is_dir() else []
-        exclude |= hashes_of(str(p) for p in others)
+        exclude |= hashes_of_paths(others)
         return PromptSource(records=read_split(data_dir, split), seed=int(config.seed), budget=budget,
                             exclude=exclude)
     if str(d.mixture) == "edge":

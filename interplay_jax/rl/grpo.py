@@ -1,4 +1,4 @@
-"""GRPO losses and the pure, jitted GRPO update step (SPEC §5).
+"""GRPO losses and the pure, jitted GRPO update step (docs/budgets.md "RL").
 
 Shapes use suffixes: N rollouts (= prompts × n), T tokens (left-padded prompt + response), V vocab.
 Per-token quantities are *aligned with the tokens*: ``logp_NxT[:, t]`` is log p(tokens[:, t] | tokens[:, <t])
@@ -25,13 +25,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from interplay_jax.model.logprobs import token_logprobs
+from interplay_jax.train.accum import accumulate_gradients, split_rows, unsplit_rows
 
 LOSS_AGGS = ("token-mean", "seq-mean-token-mean", "dr_grpo")
 
 
 @dataclasses.dataclass(frozen=True)
 class GRPOConfig:
-    """Numbers of the GRPO objective (defaults: the study's, SPEC §5)."""
+    """Numbers of the GRPO objective (defaults: the study's)."""
 
     clip_eps: float = 0.2            # PPO ratio clip ε (symmetric)
     dual_clip: float = 3.0           # dual clip c for negative advantages (<= 1 disables)
@@ -93,19 +97,13 @@ def token_weights(response_mask_NxT, loss_agg: str = "token-mean", dr_grpo_const
 # ------------------------------------------------------------------------------------- per-token terms
 
 
-def token_logprobs(logits_NxTxV, tokens_NxT, temperature: float = 1.0):
+def shifted_logprobs(logits_NxTxV, tokens_NxT, temperature: float = 1.0):
     """log p(tokens[t] | tokens[<t]) aligned with the tokens (column 0 = 0) and the entropy of the
     predicting distribution at each position (column 0 = 0). Both [N, T] float32."""
-    logits = logits_NxTxV[:, :-1].astype(jnp.float32)
-    if temperature != 1.0:
-        logits = logits / temperature
-    logz = jax.nn.logsumexp(logits, axis=-1)
-    picked = jnp.take_along_axis(logits, tokens_NxT[:, 1:, None], axis=-1)[..., 0]
-    logp = picked - logz
-    probs = jax.nn.softmax(logits, axis=-1)
-    entropy = logz - jnp.sum(probs * logits, axis=-1)
-    pad = jnp.zeros((logp.shape[0], 1), jnp.float32)
-    return jnp.concatenate([pad, logp], axis=1), jnp.concatenate([pad, entropy], axis=1)
+    logp_NxT1, entropy_NxT1 = token_logprobs(logits_NxTxV[:, :-1], tokens_NxT[:, 1:], temperature=temperature,
+                                             with_entropy=True)
+    pad_Nx1 = jnp.zeros((logp_NxT1.shape[0], 1), jnp.float32)
+    return jnp.concatenate([pad_Nx1, logp_NxT1], axis=1), jnp.concatenate([pad_Nx1, entropy_NxT1], axis=1)
 
 
 def policy_loss_terms(logp, old_logp, adv, clip_eps: float = 0.2, dual_clip: float = 3.0):
@@ -210,37 +208,22 @@ def positions_and_segments(valid_NxT):
 
 def _forward_logprobs(graphdef, params, batch, temperature):
     model = nnx.merge(graphdef, params)
-    positions, segments = positions_and_segments(batch["valid_mask"])
-    logits = model(batch["tokens"], positions_BxT=positions, segment_ids_BxT=segments)
-    return token_logprobs(logits, batch["tokens"], temperature)
+    positions_NxT, segments_NxT = positions_and_segments(batch["valid_mask"])
+    logits_NxTxV = model(batch["tokens"], positions_BxT=positions_NxT, segment_ids_BxT=segments_NxT)
+    return shifted_logprobs(logits_NxTxV, batch["tokens"], temperature)
 
 
-def _split(tree, k: int):
-    """[N, ...] leaves -> [k, N/k, ...], strided: part j holds rows j, j+k, j+2k, ...
-
-    Strided (not contiguous) so a row-sharded N axis stays sharded inside every part."""
-    def f(x):
-        if x.shape[0] % k:
-            raise ValueError(f"{x.shape[0]} rows do not split into {k} parts")
-        return x.reshape((x.shape[0] // k, k) + x.shape[1:]).swapaxes(0, 1)
-    return jax.tree.map(f, tree)
-
-
-def _unsplit(tree):
-    return jax.tree.map(lambda x: x.swapaxes(0, 1).reshape((-1,) + x.shape[2:]), tree)
-
-
-def _logprobs(graphdef, params, tokens, valid, temperature, micro_batch_size):
-    batch = {"tokens": tokens, "valid_mask": valid}
-    n = tokens.shape[0]
+def _logprobs(graphdef, params, tokens_NxT, valid_NxT, temperature, micro_batch_size):
+    batch = {"tokens": tokens_NxT, "valid_mask": valid_NxT}
+    n = tokens_NxT.shape[0]
     mb = micro_batch_size or n
     if mb >= n:
         return _forward_logprobs(graphdef, params, batch, temperature)[0]
 
     def body(_, micro):
         return None, _forward_logprobs(graphdef, params, micro, temperature)[0]
-    _, out = jax.lax.scan(body, None, _split(batch, n // mb))
-    return _unsplit(out)
+    _, out = jax.lax.scan(body, None, split_rows(batch, n // mb))
+    return unsplit_rows(out)
 
 
 def make_logprob_fn(graphdef, *, temperature: float = 1.0, micro_batch_size: int | None = None,
@@ -293,24 +276,14 @@ def make_grpo_step(graphdef, tx: optax.GradientTransformation, cfg: GRPOConfig =
     step), grad_norm (mean over mini-batches), response_tokens.
     """
     def micro_loss(params, micro):
-        logp, ent = _forward_logprobs(graphdef, params, micro, cfg.temperature)
-        return grpo_loss_from_logprobs(logp, ent, micro, micro["weights"], cfg)
+        logp_NxT, ent_NxT = _forward_logprobs(graphdef, params, micro, cfg.temperature)
+        return grpo_loss_from_logprobs(logp_NxT, ent_NxT, micro, micro["weights"], cfg)
 
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 
-    def minibatch_grads(params, mini):
-        n = mini["tokens"].shape[0]
-        mb = micro_batch_size or n
-        if mb >= n:
-            (_, aux), grads = grad_fn(params, mini)
-            return grads, aux
-        zeros = jax.tree.map(jnp.zeros_like, params)
-
-        def body(acc, micro):
-            (_, aux), grads = grad_fn(params, micro)
-            return jax.tree.map(jnp.add, acc, grads), aux
-        grads, auxs = jax.lax.scan(body, zeros, _split(mini, n // mb))
-        return grads, jax.tree.map(lambda x: x.sum(0), auxs)
+    def micro_grads(params, micro):  # -> (aux metric sums, grads)
+        (_, aux), grads = grad_fn(params, micro)
+        return aux, grads
 
     def step(state, rollouts):
         params = _get(state, "params")
@@ -319,13 +292,15 @@ def make_grpo_step(graphdef, tx: optax.GradientTransformation, cfg: GRPOConfig =
             batch["ref_logprobs"] = rollouts["ref_logprobs"].astype(jnp.float32)
         batch["old_logprobs"] = jax.lax.stop_gradient(_logprobs(
             graphdef, params, batch["tokens"], batch["valid_mask"], cfg.temperature, micro_batch_size))
-        minis = _split(batch, num_minibatches)
+        minis = split_rows(batch, num_minibatches)
         minis["weights"] = jax.vmap(lambda m: token_weights(m, cfg.loss_agg, cfg.dr_grpo_constant))(
             minis["response_mask"])
 
         def update(carry, mini):
             params, opt_state = carry
-            grads, aux = minibatch_grads(params, mini)
+            n = mini["tokens"].shape[0]
+            k = n // micro_batch_size if micro_batch_size and micro_batch_size < n else 1
+            aux, grads = accumulate_gradients(micro_grads, params, mini, k)
             updates, opt_state = tx.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
             aux["grad_norm"] = optax.tree.norm(grads)
@@ -350,7 +325,6 @@ def make_grpo_step(graphdef, tx: optax.GradientTransformation, cfg: GRPOConfig =
 
     if mesh is None:
         return jax.jit(step, donate_argnums=(0,) if donate else ())
-    from jax.sharding import NamedSharding, PartitionSpec
     if batch_sharding is None:
         batch_sharding = NamedSharding(mesh, PartitionSpec(tuple(a for a in ("data", "fsdp") if a in mesh.shape)))
     return jax.jit(step, in_shardings=(state_shardings, batch_sharding),

@@ -12,26 +12,28 @@ import re
 
 import jax
 
-from interplay_jax import config as config_lib
+from interplay_jax.config import parse_buckets, parse_list, parse_ops, require
 from interplay_jax.errors import ConfigError
 from interplay_jax.eval import evalset, report
-from interplay_jax.eval.evaluate import evaluate_items, gold_nll, load_checkpoint
-from interplay_jax.rl.sampler import Sampler
+from interplay_jax.eval.evaluate import evaluate_items, gold_nll
+from interplay_jax.sampling.policy import load_policy
+from interplay_jax.sampling.sampler import Sampler
+from interplay_jax.stages.skeleton import quiet_logs
+from interplay_jax.task.contexts import get_context
+from interplay_jax.task.writer import hashes_of_paths
 
 
 def build_items(config) -> list[dict]:
     e = config.eval
-    ops = config_lib.parse_ops(e.ops)
+    ops = parse_ops(e.ops)
     if e.source == "jsonl":
         return evalset.load_eval_files(str(e.files), ops=ops, per_op=e.per_op)
-    exclude = evalset.hashes_of(str(e.exclude)) if str(e.exclude).strip() else set()
-    return evalset.generate_evalset(ops=ops, contexts=[c.strip() for c in str(e.contexts).split(",") if c.strip()],
-                                    modes=[m.strip() for m in str(e.modes).split(",") if m.strip()],
-                                    per_op=e.per_op, seed=config.seed, exclude_hashes=exclude)
+    return evalset.generate_evalset(ops=ops, contexts=parse_list(e.contexts), modes=parse_list(e.modes),
+                                    per_op=e.per_op, seed=config.seed, exclude_hashes=hashes_of_paths(e.exclude))
 
 
 def _names(config, paths) -> list[str]:
-    names = [n.strip() for n in str(config.get("names", "")).split(",") if n.strip()]
+    names = parse_list(config.get("names", ""))
     if not names:
         names = [pathlib.Path(p).name or "ckpt" for p in paths]
     names = [re.sub(r"[^A-Za-z0-9_.+-]", "_", n) for n in names]
@@ -44,22 +46,21 @@ def _names(config, paths) -> list[str]:
 
 
 def run(config) -> dict:
-    from interplay_jax.stages.train import quiet_logs
     quiet_logs()
     workdir = pathlib.Path(config.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    paths = [p.strip() for p in str(config.checkpoints).split(",") if p.strip()]
+    paths = parse_list(config.checkpoints)
     names = _names(config, paths)
     overrides = {"dtype": config.model_dtype} if str(config.get("model_dtype", "")) else {}
     step = None if int(config.get("step", -1)) < 0 else int(config.step)
-    loaded = [load_checkpoint(p, tokenizer=str(config.tokenizer) or None, name=n, step=step, **overrides)
+    loaded = [load_policy(p, tokenizer=str(config.tokenizer) or None, name=n, step=step, **overrides)
               for p, n in zip(paths, names)]
     for ld in loaded:
         if ld.tokenizer.answer_close_id >= ld.cfg.vocab_size:
             raise ConfigError(f"checkpoint {ld.name}: tokenizer id {ld.tokenizer.answer_close_id} of </answer> "
                               f"is outside the model vocabulary ({ld.cfg.vocab_size})")
     items = build_items(config)
-    buckets = config_lib.parse_buckets(config.buckets)
+    buckets = parse_buckets(config.buckets)
     s = config.sampling
     (workdir / "eval_items.json").write_text(json.dumps(
         {"n_items": len(items), "ids": [it["id"] for it in items]}))
@@ -101,3 +102,30 @@ def _print_summary(name, summary, timing) -> None:
         parts.append(f"{b} pass@1 {100 * ver[1]:.1f} pass@{max(ver)} {100 * ver[max(ver)]:.1f}")
     t = f" | sampling {timing.get('sampling', 0):.1f}s verification {timing.get('verification', 0):.1f}s"
     print(f"eval {name}: " + " | ".join(parts) + t)
+
+
+def validate(config, check_files: bool = True) -> None:
+    for key in ("workdir", "seed", "checkpoints", "eval", "sampling", "buckets"):
+        require(key in config, f"eval config has no {key!r} field")
+    ckpts = parse_list(config.checkpoints)
+    require(bool(ckpts), "eval: no checkpoints; pass --config.checkpoints=DIR1[,DIR2,...]")
+    names = parse_list(config.get("names", ""))
+    require(not names or len(names) == len(ckpts),
+            f"eval: {len(names)} names for {len(ckpts)} checkpoints (names={config.names!r})")
+    e, s = config.eval, config.sampling
+    require(e.source in ("generator", "jsonl"), f"eval.source={e.source!r}; expected generator or jsonl")
+    require(e.source != "jsonl" or bool(str(e.files).strip()), "eval.source=jsonl needs --config.eval.files=PATH")
+    parse_ops(e.ops)
+    require(isinstance(e.per_op, int) and e.per_op >= 1, f"eval.per_op={e.per_op!r} must be an integer >= 1")
+    for ctx in parse_list(e.contexts):
+        get_context(ctx)
+    for mode in parse_list(e.modes):
+        require(mode in ("normalforward", "forwardreverse"),
+                f"eval.modes: unknown mode {mode!r}; expected normalforward or forwardreverse")
+    require(isinstance(s.n, int) and s.n >= 1, f"sampling.n={s.n!r} must be an integer >= 1")
+    require(s.temperature >= 0, f"sampling.temperature={s.temperature} must be >= 0 (0 = greedy)")
+    require(0 < s.top_p <= 1, f"sampling.top_p={s.top_p} must be in (0, 1]")
+    require(isinstance(s.top_k, int) and s.top_k >= 0, f"sampling.top_k={s.top_k!r} must be an integer >= 0")
+    for k in ("max_new_tokens", "max_prompt_len", "batch_prompts"):
+        require(isinstance(s[k], int) and s[k] >= 1, f"sampling.{k}={s[k]!r} must be an integer >= 1")
+    parse_buckets(config.buckets)

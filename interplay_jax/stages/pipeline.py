@@ -5,13 +5,17 @@
 sub-config may say ``{workdir}``: it becomes the pipeline's workdir, which is how stages are wired
 (e.g. ``pretrain.tokenizer = "{workdir}/tokenizer/tokenizer.json"``, ``midtrain.init_from =
 "{workdir}/pretrain"``). A finished stage leaves ``WORKDIR/<name>/pipeline_done.json`` and is skipped
-on a rerun; an unfinished one resumes (rerun the same command). Later issues append rl / eval.
+on a rerun; an unfinished one resumes (rerun the same command).
 """
 from __future__ import annotations
 
+import copy
 import json
 import pathlib
 import time
+
+from interplay_jax import stages
+from interplay_jax.config import parse_list, require
 
 DONE_FILE = "pipeline_done.json"
 
@@ -28,7 +32,6 @@ def _fill(cfg, workdir: str):
 
 def sub_config(config, name: str):
     """The config of stage ``name`` with its workdir and ``{workdir}`` references filled in."""
-    import copy
     workdir = str(pathlib.Path(str(config.workdir)).absolute())
     sub = copy.deepcopy(config[name])
     with sub.unlocked():
@@ -55,21 +58,11 @@ def _describe(name: str, out, subdir: pathlib.Path) -> list[str]:
     return lines
 
 
-def run_config(config):
-    """Validate and run one stage (as interplay_jax.main does; importing main would redefine its flags)."""
-    import importlib
-
-    from interplay_jax import config as config_lib
-    config_lib.validate(config)
-    module = "train" if config.stage in ("pretrain", "midtrain") else config.stage
-    return importlib.import_module(f"interplay_jax.stages.{module}").run(config)
-
-
 def run(config):
     t0 = time.time()
     workdir = pathlib.Path(str(config.workdir)).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
-    names = [s.strip() for s in str(config.stages).split(",") if s.strip()]
+    names = parse_list(config.stages)
     outputs = {}
     for i, name in enumerate(names, 1):
         sub = sub_config(config, name)
@@ -81,7 +74,7 @@ def run(config):
             continue
         print(f"[{i}/{len(names)}] {name}: {sub.stage} -> {subdir}")
         t = time.time()
-        out = run_config(sub)
+        out = stages.run_config(sub)
         if isinstance(out, dict) and out.get("reason") not in (None, "done"):
             print(f"pipeline stopped in {name} ({out.get('reason')}); rerun the same command to resume")
             return {"stopped_in": name, "outputs": outputs}
@@ -102,3 +95,18 @@ def run(config):
     print("\n".join(lines))
     (workdir / "pipeline_summary.json").write_text(json.dumps(outputs, indent=2, default=str))
     return outputs
+
+
+def validate(config, check_files: bool = True) -> None:
+    """Every sub-stage's static checks (files made by earlier stages are checked when they run)."""
+    require("stages" in config and "workdir" in config, "pipeline config needs 'stages' and 'workdir'")
+    names = parse_list(config.stages)
+    require(bool(names), "pipeline: stages is empty")
+    for name in names:
+        require(name in config and hasattr(config[name], "get") and "stage" in config[name],
+                f"pipeline: stage {name!r} has no sub-config (expected config.{name} with a 'stage' field)")
+        sub = config[name]
+        require(sub.stage in stages.STAGES and sub.stage != "pipeline",
+                f"pipeline: {name}.stage={sub.stage!r} is not a runnable stage")
+        if sub.stage in ("pretrain", "midtrain", "rl"):   # the others need files made by earlier stages
+            stages.validate(sub, check_files=False)

@@ -1,45 +1,116 @@
-"""Stage runner for GRPO post-training (SPEC §5): ``python -m interplay_jax.main --config=configs/rl.py:<preset>``.
+"""Stage runner for GRPO post-training: ``python -m interplay_jax.main --config=configs/rl.py:<preset>``.
 
-``run(config)``:
-1. mesh, model config (inherited from the parent run's lineage unless the config names a preset),
-   AdamW (constant lr 1e-6, wd 0.01, clip 1.0 at paper scale);
-2. state: resume from ``WORKDIR/checkpoints`` if any (params, optimizer, step); else the params of
-   ``init_from`` (a pre-training or mid-training run dir, or one of its checkpoints) with a fresh
-   optimizer. The frozen reference policy for the k3 KL is the parent's params (restored again on
-   resume); with ``grpo.kl_coef = 0`` it is never loaded and its forward is skipped;
-3. each step t (0-based): the prompts of step t (:mod:`interplay_jax.rl.data`, a pure function of
-   t); prompts longer than ``rl.max_prompt_len`` tokens are dropped and counted; ``rl.n`` rollouts
-   per prompt with the KV-cache sampler, key ``fold_in(PRNGKey(seed), t)`` (so a resumed run samples
-   the same rollouts); rollouts that never stop are cut at ``rl.max_response_len`` and scored;
-   rewards from the task layer's verifier; group advantages; one jitted GRPO update
-   (``rl.num_minibatches`` optimizer steps);
-4. the shared loop (progress bar, TensorBoard under ``WORKDIR/tb``: reward mean/std, verified and
-   answer accuracy, ProcessAcc, response length, KL, clip fraction, entropy, tokens/s...), checkpoints,
-   ``WORKDIR/samples.jsonl`` (per step: a digest of the rollouts and one example), ``lineage.json``
-   and ``summary.json``.
+``run(config)``: the model is the parent's (from its lineage) unless the config names a preset; the
+state resumes from ``WORKDIR/checkpoints``, else starts from the params of ``init_from`` (a pre- or
+mid-training run, or one of its checkpoints) with a fresh optimizer. The frozen reference policy of
+the k3 KL is the parent's params (never loaded when ``grpo.kl_coef = 0``). Each step t: the prompts
+of step t (interplay_jax.rl.data, a pure function of t), rollouts -> verified rewards -> group
+advantages (interplay_jax.rl.producer), then one jitted GRPO update (interplay_jax.rl.grpo:
+``rl.num_minibatches`` optimizer steps), in the shared loop (progress bar, TensorBoard under
+``WORKDIR/tb``, checkpoints). ``samples.jsonl`` gets a digest and an example per step.
 """
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import pathlib
-import time
 
 import jax
-import numpy as np
+from tqdm.auto import tqdm
 
 from interplay_jax import checkpoint as ck
+from interplay_jax.config import parse_list, parse_ops, require
 from interplay_jax.errors import ConfigError
+from interplay_jax.model.qwen2 import ModelConfig, model_config_from_dict
+from interplay_jax.rl import grpo
+from interplay_jax.rl.data import SOURCES, prompt_source_from_config, rl_mixture
+from interplay_jax.rl.producer import RolloutProducer, RolloutSettings
+from interplay_jax.sampling.policy import run_model_config
+from interplay_jax.stages.edge import resolve_edge
+from interplay_jax.stages.skeleton import StageRun, load_tokenizer
+from interplay_jax.task.rewards import get_reward
+from interplay_jax.train import lm_step, optim
+from interplay_jax.train import sharding as shd
+from interplay_jax.train.loop import Loop, LoopSettings
 
-STOP_TOKENS = ("[EOS]", "</answer>")
+
+def run(config):
+    reward = get_reward(str(config.rl.reward))
+    run = StageRun(config, "rl")
+    require(jax.process_count() == 1, f"the rl stage runs in one process (any number of local devices); got "
+                                      f"{jax.process_count()} processes")
+    tokenizer, tok_info = load_tokenizer(config)
+    edge = resolve_edge(config, run.workdir)             # None unless data.mixture == "edge"
+    prompts = prompt_source_from_config(config, edge)
+    steps = total_steps(config, len(prompts))
+    resuming = ck.complete_steps(run.workdir) and (run.workdir / ck.LINEAGE_FILE).exists()
+    model_cfg = run_model_config(run.workdir) if resuming else model_config_for(config)  # as recorded on resume
+    _check_sizes(config, run.mesh, model_cfg, tokenizer)
+
+    schedule, tx = optim.optimizer_for(config.optimizer, steps)
+    graphdef, abstract = lm_step.abstract_state(model_cfg, tx)   # shapes only: every leaf is restored
+    shardings = shd.state_shardings(abstract, run.mesh)
+    start = run.start(abstract, shardings, tx)
+    if run.finished(start, steps):
+        return run.previous_summary()
+    edge_info = {} if edge is None else {"edge": {k: v for k, v in edge.items() if k != "prompts"}}
+    run.write_lineage(start, model_cfg, tokenizer=tok_info, **edge_info)
+
+    gcfg = grpo_config(config)
+    mb = int(config.rl.micro_batch_size or 0) or None
+    bsh = shd.batch_sharding(run.mesh)
+    ref_params, logprob_fn = None, None
+    if gcfg.kl_coef > 0:
+        if start.parent is None:
+            raise ConfigError(f"{run.workdir}: cannot find the parent run for the KL reference (no lineage parent)")
+        ref_params, _, _ = ck.restore_params(start.parent["run_dir"], target=ck.abstract_target(
+            abstract, shardings)["params"], step=int(start.parent["step"]))
+        logprob_fn = grpo.make_logprob_fn(graphdef, temperature=gcfg.temperature, micro_batch_size=mb, mesh=run.mesh,
+                                          param_shardings=shardings["params"], batch_sharding=bsh)
+    update = grpo.make_grpo_step(graphdef, tx, gcfg, num_minibatches=int(config.rl.num_minibatches),
+                                 micro_batch_size=mb, mesh=run.mesh, state_shardings=shardings, batch_sharding=bsh)
+    produce = RolloutProducer(RolloutSettings.from_config(config), graphdef=graphdef, model_cfg=model_cfg,
+                              tokenizer=tokenizer, prompts=prompts, reward=reward, mesh=run.mesh, seed=int(config.seed),
+                              ref_params=ref_params, logprob_fn=logprob_fn, samples_path=run.workdir / "samples.jsonl")
+
+    def step_fn(state, batch):
+        arrays, host = batch
+        lr = float(schedule(int(state["step"])))
+        state, metrics = update(state, arrays)
+        return state, {**metrics, **host, "lr": lr}
+
+    settings = LoopSettings(total_steps=steps, log_every=int(config.log_every), ckpt_every=int(config.ckpt_every),
+                            desc="rl", progress=bool(config.get("progress", True)))
+    result = Loop(settings, **run.hooks(start), on_log=_log_rl).run(step_fn, start.state, produce,
+                                                                  start_step=start.step)
+    f = result.history[-1] if result.history else {}
+    headline = f", reward {f['reward_mean']:.3f}, verified {f['verified_acc']:.3f}" if "reward_mean" in f else ""
+    return run.finish(result, steps, model_cfg, start, headline=headline, reward=reward.name,
+                      mixture=str(config.data.mixture), filtered_prompts=produce.filtered_total,
+                      history=[{k: v for k, v in row.items() if isinstance(v, (int, float))} for row in result.history])
 
 
-def _optimizer_config(config, steps):
-    import ml_collections
-    o = config.optimizer.to_dict() if hasattr(config.optimizer, "to_dict") else dict(config.optimizer)
-    o["total_steps"] = steps
-    return ml_collections.ConfigDict(o)
+def _log_rl(at, row) -> None:
+    tqdm.write(f"  rl {at}: reward {row['reward_mean']:.3f} (std {row['reward_std']:.3f}) | verified "
+               f"{row['verified_acc']:.3f} | answer {row['answer_acc']:.3f} | length {row['response_len']:.0f}"
+               f" (cut {row['truncated_frac']:.2f}) | kl {row.get('kl', 0.0):.2e} | clip {row['clip_frac']:.3f}"
+               f" | entropy {row['entropy']:.3f}")
+
+
+def _check_sizes(config, mesh, model_cfg, tokenizer) -> None:
+    rows = int(config.rl.num_prompts) * int(config.rl.n)
+    micro = int(config.rl.micro_batch_size or 0) or rows // int(config.rl.num_minibatches)
+    dp = shd.batch_size_multiple(mesh)
+    require(micro % dp == 0, f"rl micro-batch of {micro} rollouts does not divide by mesh data x fsdp={dp}")
+    span = int(config.rl.max_prompt_len) + int(config.rl.max_response_len)
+    require(span <= model_cfg.max_position_embeddings, f"rl: max_prompt_len + max_response_len = {span} exceeds "
+                                                       f"the model's max_position_embeddings="
+                                                       f"{model_cfg.max_position_embeddings}")
+    # the original tokenizer file has 2,201 entries for a 2,200-row model (its last id is never used)
+    require(tokenizer.vocab_size <= model_cfg.vocab_size + 1,
+            f"tokenizer has {tokenizer.vocab_size} entries but model.vocab_size={model_cfg.vocab_size}")
+    shd.check_divisibility(model_cfg, mesh)
+
+
+# ---------------------------------------------------------------------------- config
 
 
 def total_steps(config, num_prompts_available: int | None = None) -> int:
@@ -48,260 +119,97 @@ def total_steps(config, num_prompts_available: int | None = None) -> int:
         return int(config.rl.total_steps)
     budget = int(config.rl.prompt_budget) or int(num_prompts_available or 0)
     steps = budget // int(config.rl.num_prompts)
-    if steps < 1:
-        raise ConfigError(f"rl.prompt_budget={budget} is smaller than rl.num_prompts={config.rl.num_prompts}: no step to run")
+    require(steps >= 1, f"rl.prompt_budget={budget} is smaller than rl.num_prompts={config.rl.num_prompts}: "
+                        f"no step to run")
     return steps
 
 
-def model_config_for(config):
-    """The config's model, or (when ``model.preset`` is empty) the parent run's model from its lineage."""
-    from interplay_jax.model.qwen2 import model_config_from_dict
-    m = config.model.to_dict() if hasattr(config.model, "to_dict") else dict(config.model)
+def model_config_for(config) -> ModelConfig:
+    """The config's model, or (when ``model.preset`` is empty) the parent run's model from its lineage,
+    with the config's non-None fields as overrides."""
+    m = config.model.to_dict()
     if m.get("preset"):
         return model_config_from_dict(m)
-    from interplay_jax.model.qwen2 import ModelConfig
     run_dir, _ = ck.resolve_checkpoint(str(config.init_from))
-    lineage = ck.read_lineage(run_dir)
     overrides = {k: v for k, v in m.items() if k != "preset" and v is not None}
-    if lineage.get("model"):          # an RL parent records its resolved model
-        return ModelConfig(**{**lineage["model"], **overrides}).validate()
-    parent_model = dict(lineage.get("config", {}).get("model") or {})
-    if not parent_model.get("preset"):
-        raise ConfigError(f"parent run {run_dir} records no model config; set --config.model.preset")
-    parent_model.update(overrides)
-    return model_config_from_dict(parent_model)
+    return run_model_config(run_dir, **overrides)
 
 
-def grpo_config(config):
-    from interplay_jax.rl.grpo import GRPOConfig
+def grpo_config(config) -> grpo.GRPOConfig:
     g = config.grpo
     const = float(g.get("dr_grpo_constant", 0) or 0) or float(config.rl.max_response_len)
-    return GRPOConfig(clip_eps=float(g.clip_eps), dual_clip=float(g.dual_clip), kl_coef=float(g.kl_coef),
-                      entropy_coef=float(g.entropy_coef), loss_agg=str(g.loss_agg), dr_grpo_constant=const,
-                      temperature=float(config.rl.temperature) if bool(g.get("logprob_temperature", False)) else 1.0)
+    return grpo.GRPOConfig(clip_eps=float(g.clip_eps), dual_clip=float(g.dual_clip), kl_coef=float(g.kl_coef),
+                           entropy_coef=float(g.entropy_coef), loss_agg=str(g.loss_agg), dr_grpo_constant=const,
+                           temperature=float(config.rl.temperature) if bool(g.get("logprob_temperature", False))
+                           else 1.0)
 
 
-class RolloutProducer:
-    """``produce(state, step) -> (device rollouts, host metrics)`` for the shared loop."""
-
-    def __init__(self, config, *, graphdef, model_cfg, tokenizer, prompts, reward, mesh, ref_params,
-                 logprob_fn, samples_path=None):
-        from interplay_jax.model.qwen2 import abstract_model
-        from interplay_jax.rl.sampler import DEFAULT_BUCKETS, Sampler
-        self.c = config.rl
-        self.seed = int(config.seed)
-        self.tokenizer = tokenizer
-        self.prompts = prompts
-        self.reward = reward
-        self.mesh = mesh
-        self.ref_params = ref_params
-        self.logprob_fn = logprob_fn
-        self.std_normalize = bool(config.grpo.std_normalize)
-        self.samples_path = samples_path
-        self.stop_ids = [tokenizer.token_to_id(t) for t in STOP_TOKENS]
-        self.pad_id = int(tokenizer.pad_id)
-        buckets = [int(b) for b in str(self.c.get("prompt_buckets", "") or "").split(",") if b.strip()]
-        self.buckets = tuple(buckets) or DEFAULT_BUCKETS
-        self.sampler = Sampler(abstract_model(model_cfg), pad_id=self.pad_id, prompt_buckets=self.buckets)
-        self.rows = int(self.c.num_prompts) * int(self.c.n)
-        self.filtered_total = 0
-
-    def __call__(self, state, step: int):
-        from interplay_jax.rl import grpo
-        from interplay_jax.rl.sampler import bucket_length, rollout
-        from interplay_jax.task.verify import verify
-        from interplay_jax.train import sharding as shd
-
-        c, n = self.c, int(self.c.n)
-        t0 = time.perf_counter()
-        records = self.prompts.step_records(step, int(c.num_prompts))
-        prompt_ids = [self.tokenizer.encode_prompt(r) for r in records]
-        key = jax.random.fold_in(jax.random.PRNGKey(self.seed), int(step))
-        out = rollout(self.sampler, state["params"], prompt_ids, max_prompt_len=int(c.max_prompt_len),
-                      batch_prompts=int(c.rollout_batch_prompts) or None, n=n,
-                      max_new_tokens=int(c.max_response_len), temperature=float(c.temperature),
-                      top_p=float(c.top_p), top_k=int(c.top_k), key=key, stop_ids=self.stop_ids)
-        res, kept = out.result, out.kept
-        self.filtered_total += out.num_filtered
-        t_sample = time.perf_counter() - t0
-
-        responses = self.tokenizer.decode_batch(res.completions())
-        golds = [records[kept[int(i)]]["solution"] for i in res.prompt_index]
-        verdicts = [verify(g, r) for g, r in zip(golds, responses)]
-        rewards = np.array([self.reward.from_verdict(v) for v in verdicts], np.float32)
-        adv = grpo.group_advantages(rewards, n, std_normalize=self.std_normalize) if len(rewards) else rewards
-        kept_prompts = [prompt_ids[i] for i in kept]
-        p_len = bucket_length(max((len(p) for p in kept_prompts), default=1), self.buckets)
-        batch = grpo.assemble_rollouts(kept_prompts, res.tokens, res.lengths, res.prompt_index, prompt_len=p_len,
-                                       pad_id=self.pad_id, num_rows=self.rows)
-        batch["advantages"] = np.zeros((self.rows,), np.float32)
-        batch["advantages"][:len(adv)] = adv
-        batch = shd.make_global_batch(batch, self.mesh)
-        if self.ref_params is not None:
-            batch["ref_logprobs"] = self.logprob_fn(self.ref_params, batch["tokens"], batch["valid_mask"])
-        t_score = time.perf_counter() - t0 - t_sample
-
-        lengths = res.lengths.astype(np.float64)
-        groups = rewards.reshape(-1, n) if len(rewards) else np.zeros((0, n))
-        host = {
-            "reward_mean": float(rewards.mean()) if len(rewards) else 0.0,
-            "reward_std": float(rewards.std()) if len(rewards) else 0.0,
-            "verified_acc": float(np.mean([v.verified_correct for v in verdicts])) if verdicts else 0.0,
-            "answer_acc": float(np.mean([v.answer_correct for v in verdicts])) if verdicts else 0.0,
-            "process_acc": float(np.mean([v.process_acc for v in verdicts])) if verdicts else 0.0,
-            "response_len": float(lengths.mean()) if len(lengths) else 0.0,
-            "response_len_max": float(lengths.max()) if len(lengths) else 0.0,
-            "truncated_frac": float(np.mean(~res.done)) if len(res.done) else 0.0,
-            "zero_adv_group_frac": float(np.mean(groups.std(axis=1) == 0)) if len(groups) else 0.0,
-            "filtered_prompts": float(out.num_filtered),
-            "prompt_len": float(np.mean([len(p) for p in kept_prompts])) if kept_prompts else 0.0,
-            "tokens": float(lengths.sum()),
-            "sample_s": t_sample,
-            "score_s": t_score,
-        }
-        if self.samples_path is not None and jax.process_index() == 0:
-            digest = hashlib.sha256(np.ascontiguousarray(res.tokens).tobytes()).hexdigest()[:16]
-            example = {}
-            if len(responses):
-                r0 = records[kept[int(res.prompt_index[0])]]
-                example = {"op": r0.get("op"), "template": r0.get("template"), "response": responses[0],
-                           "gold": r0.get("solution"), "reward": float(rewards[0])}
-            line = {"step": int(step) + 1, "rollout_digest": digest, "reward_mean": host["reward_mean"],
-                    "verified_acc": host["verified_acc"], "filtered_prompts": out.num_filtered, "example": example}
-            with open(self.samples_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(line, ensure_ascii=False) + "\n")
-        return batch, host
-
-
-def run(config):
-    from interplay_jax.rl import grpo
-    from interplay_jax.rl.data import prompt_source_from_config
-    from interplay_jax.rl.edge import resolve_edge
-    from interplay_jax.stages.train import load_tokenizer, quiet_logs
-    from interplay_jax.task.rewards import get_reward
-    from interplay_jax.train import lm_step, optim
-    from interplay_jax.train import sharding as shd
-    from interplay_jax.train.loop import ScalarWriter, run_loop
-
-    t0 = time.time()
-    quiet_logs()
-    reward = get_reward(str(config.rl.reward))       # unknown name: ConfigError before any compute
-    workdir = pathlib.Path(str(config.workdir)).absolute()
-    workdir.mkdir(parents=True, exist_ok=True)
-    shd.initialize_distributed(config.get("distributed"))
-    if jax.process_count() > 1:
-        raise ConfigError(f"the rl stage runs in one process (any number of local devices); got "
-                          f"{jax.process_count()} processes")
-    mesh = shd.mesh_from_config(config.get("mesh"))
-    rows = int(config.rl.num_prompts) * int(config.rl.n)
-    dp = shd.batch_size_multiple(mesh)
-    k = int(config.rl.num_minibatches)
-    micro = int(config.rl.micro_batch_size or 0) or rows // k
-    if micro % dp:
-        raise ConfigError(f"rl micro-batch of {micro} rollouts does not divide by mesh data x fsdp={dp}")
-
-    tokenizer = load_tokenizer(config.tokenizer)
-    edge = resolve_edge(config, workdir)             # None unless data.mixture == "edge"
-    prompts = prompt_source_from_config(config, edge)
-    steps = total_steps(config, len(prompts))
-    lineage_path = workdir / ck.LINEAGE_FILE
-    if ck.complete_steps(workdir) and lineage_path.exists():  # resuming: the model this run recorded
-        from interplay_jax.model.qwen2 import ModelConfig
-        model_cfg = ModelConfig(**ck.read_lineage(workdir)["model"]).validate()
+def validate(config, check_files: bool = True) -> None:
+    """Reward, data, sizes and divisibility, GRPO numbers, optimizer, parent checkpoint.
+    ``check_files=False`` (inside a pipeline) skips the tokenizer / parent / JSONL checks."""
+    for key in ("workdir", "seed", "tokenizer", "init_from", "model", "data", "rl", "grpo", "optimizer"):
+        require(key in config, f"rl config has no {key!r} field")
+    require(str(config.workdir) != "", "rl: workdir is empty")
+    get_reward(str(config.rl.reward))                    # unknown reward -> ConfigError (one line)
+    d, r, g = config.data, config.rl, config.grpo
+    require(d.source in SOURCES, f"rl: data.source={d.source!r}; expected one of {', '.join(SOURCES)}")
+    if str(d.mixture) == "edge":
+        e = d.get("edge")
+        require(e is not None, "rl: data.mixture=edge needs a data.edge block (see configs/rl.py)")
+        parse_ops(str(e.ops))
+        require(int(e.per_op) >= 1 and int(e.n) >= 1, f"rl: data.edge.per_op={e.per_op} and n={e.n} must be >= 1")
+        require(0 <= float(e.pass1_max) <= 1 and 0 <= float(e.passk_min) <= 1,
+                f"rl: data.edge.pass1_max={e.pass1_max} and passk_min={e.passk_min} must lie in [0, 1]")
     else:
-        model_cfg = model_config_for(config)
-    checkpointer = ck.Checkpointer(workdir, max_to_keep=int(config.keep_checkpoints))
-    span = int(config.rl.max_prompt_len) + int(config.rl.max_response_len)
-    if span > model_cfg.max_position_embeddings:
-        raise ConfigError(f"rl: max_prompt_len + max_response_len = {span} exceeds the model's "
-                          f"max_position_embeddings={model_cfg.max_position_embeddings}")
-    # the original tokenizer file has 2,201 entries for a 2,200-row model (its last id is never used)
-    if tokenizer.vocab_size > model_cfg.vocab_size + 1:
-        raise ConfigError(f"tokenizer has {tokenizer.vocab_size} entries but model.vocab_size={model_cfg.vocab_size}")
-    shd.check_divisibility(model_cfg, mesh)
-
-    ocfg = _optimizer_config(config, steps)
-    schedule = optim.make_schedule(ocfg)
-    tx = optim.make_optimizer(ocfg, schedule)
-    # shapes only: every state leaf comes from a checkpoint (no random init to compile)
-    graphdef, abstract = lm_step.abstract_state(model_cfg, tx)
-    state_sh = shd.state_shardings(abstract, mesh)
-    target = ck.abstract_target(abstract, state_sh)
-    gcfg = grpo_config(config)
-
-    start, parent = 0, None
-    if checkpointer.latest_step() is not None:
-        state, _, meta = checkpointer.restore(target=target)
-        start = int(checkpointer.latest_step())
-        parent = meta.get("parent")
-        print(f"rl: resuming {workdir} from step {start}/{steps}")
-    else:
-        init_step = int(config.init_step) if int(config.init_step) >= 0 else None
-        params, prun, pstep = ck.restore_params(str(config.init_from), target=target["params"], step=init_step)
-        opt_state = jax.jit(tx.init, out_shardings=state_sh["opt_state"])(params)
-        state = {"step": jax.device_put(np.zeros((), np.int32), state_sh["step"]), "params": params,
-                 "opt_state": opt_state}
-        parent = {"run_dir": str(prun), "step": int(pstep)}
-        print(f"rl: starting from {prun} step {pstep} (params; fresh optimizer)")
-    if start == 0 or not lineage_path.exists():
-        extra = {} if edge is None else {"edge": {k: v for k, v in edge.items() if k != "prompts"}}
-        ck.write_lineage(workdir, "rl", config, parent, model_params=model_cfg.num_params(),
-                         model=dataclasses.asdict(model_cfg), **extra)
-
-    ref_params = None
-    if gcfg.kl_coef > 0:
-        if parent is None:
-            raise ConfigError(f"{workdir}: cannot find the parent run for the KL reference (no lineage parent)")
-        ref_params, _, _ = ck.restore_params(parent["run_dir"], target=target["params"], step=int(parent["step"]))
-    mb = int(config.rl.micro_batch_size or 0) or None
-    logprob_fn = grpo.make_logprob_fn(graphdef, temperature=gcfg.temperature, micro_batch_size=mb, mesh=mesh,
-                                      param_shardings=state_sh["params"], batch_sharding=shd.batch_sharding(mesh))
-    grpo_step = grpo.make_grpo_step(graphdef, tx, gcfg, num_minibatches=k, micro_batch_size=mb, mesh=mesh,
-                                    state_shardings=state_sh, batch_sharding=shd.batch_sharding(mesh))
-    produce = RolloutProducer(config, graphdef=graphdef, model_cfg=model_cfg, tokenizer=tokenizer, prompts=prompts,
-                              reward=reward, mesh=mesh, ref_params=ref_params, logprob_fn=logprob_fn,
-                              samples_path=workdir / "samples.jsonl")
-
-    def step_fn(state, batch):
-        arrays, host = batch
-        lr = float(schedule(int(state["step"])))
-        state, metrics = grpo_step(state, arrays)
-        return state, {**metrics, **host, "lr": lr}
-
-    is_main = jax.process_index() == 0
-    tb_dir = workdir / "tb"
-    writer = ScalarWriter(str(tb_dir)) if is_main else None
-    meta = {"stage": "rl", "config": ck.config_to_dict(config), "parent": parent}
-    def on_log(at, row):
-        from tqdm.auto import tqdm
-        tqdm.write(f"  rl {at}: reward {row['reward_mean']:.3f} (std {row['reward_std']:.3f}) | verified "
-                   f"{row['verified_acc']:.3f} | answer {row['answer_acc']:.3f} | length {row['response_len']:.0f}"
-                   f" (cut {row['truncated_frac']:.2f}) | kl {row.get('kl', 0.0):.2e} | clip {row['clip_frac']:.3f}"
-                   f" | entropy {row['entropy']:.3f}")
-
-    result = run_loop(step_fn=step_fn, state=state, batches=produce, total_steps=steps, start_step=start,
-                      checkpointer=checkpointer, log_every=int(config.log_every), ckpt_every=int(config.ckpt_every),
-                      writer=writer, meta=meta, desc="rl", progress=bool(config.get("progress", True)),
-                      on_log=on_log)
-    checkpointer.close()
-    if writer is not None:
-        writer.close()
-    last = result.history[-1] if result.history else {}
-    summary = {
-        "stage": "rl", "run_dir": str(workdir), "steps": result.step, "total_steps": steps,
-        "reason": result.reason, "checkpoint": result.last_checkpoint,
-        "checkpoints_dir": str(checkpointer.directory), "tensorboard_dir": str(tb_dir),
-        "model_params": model_cfg.num_params(), "reward": reward.name, "mixture": str(config.data.mixture),
-        "final": {k: v for k, v in last.items() if isinstance(v, (int, float))},
-        "history": [{k: v for k, v in row.items() if isinstance(v, (int, float))} for row in result.history],
-        "filtered_prompts": produce.filtered_total,
-        "params_digest": ck.params_digest(result.state["params"]) if result.reason == "done" else None,
-        "parent": parent, "wall_s": round(time.time() - t0, 1),
-    }
-    if is_main:
-        (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
-        f = summary["final"]
-        print(f"rl: {result.reason} at step {result.step}/{steps}"
-              + (f", reward {f['reward_mean']:.3f}, verified {f['verified_acc']:.3f}" if "reward_mean" in f else "")
-              + f"; checkpoints {checkpointer.directory}; tensorboard {tb_dir}")
-    return summary
+        rl_mixture(d.mixture, modes=parse_list(d.get("modes", "normalforward")),
+                   ops=[int(o) for o in d.get("ops", None) or []] or None)
+    for k in ("num_prompts", "n", "max_prompt_len", "max_response_len", "num_minibatches"):
+        v = r.get(k)
+        require(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"rl: rl.{k}={v!r} must be an integer >= 1")
+    require(r.n >= 2, f"rl: rl.n={r.n} rollouts per prompt; GRPO needs >= 2 (group-normalised advantages)")
+    for k in ("prompt_budget", "total_steps", "micro_batch_size", "rollout_batch_prompts", "top_k"):
+        require(int(r.get(k, 0) or 0) >= 0, f"rl: rl.{k}={r.get(k)!r} must be >= 0")
+    buckets = parse_list(r.get("prompt_buckets", ""))
+    require(all(b.isdigit() and int(b) > 0 for b in buckets),
+            f"rl: rl.prompt_buckets={r.get('prompt_buckets')!r} must be comma-separated positive lengths")
+    require(float(r.temperature) > 0, f"rl: rl.temperature={r.temperature} must be > 0 for GRPO rollouts")
+    require(0 < float(r.top_p) <= 1, f"rl: rl.top_p={r.top_p} must be in (0, 1]")
+    rows = r.num_prompts * r.n
+    require(rows % r.num_minibatches == 0, f"rl: num_prompts x n = {rows} rollouts do not split into "
+                                           f"rl.num_minibatches={r.num_minibatches}")
+    mini = rows // r.num_minibatches
+    micro = int(r.get("micro_batch_size", 0) or 0)
+    require(micro == 0 or mini % micro == 0, f"rl: a mini-batch of {mini} rollouts does not split into "
+                                             f"rl.micro_batch_size={micro}")
+    budget, total = int(r.prompt_budget or 0), int(r.get("total_steps", 0) or 0)
+    require(total > 0 or budget >= r.num_prompts or d.source == "jsonl",
+            f"rl: rl.prompt_budget={budget} is smaller than rl.num_prompts={r.num_prompts} (no step to run)")
+    require(g.loss_agg in grpo.LOSS_AGGS, f"rl: grpo.loss_agg={g.loss_agg!r}; expected one of "
+                                          f"{', '.join(grpo.LOSS_AGGS)}")
+    require(0 < float(g.clip_eps) < 1, f"rl: grpo.clip_eps={g.clip_eps} must be in (0, 1)")
+    require(float(g.dual_clip) == 0 or float(g.dual_clip) > 1,
+            f"rl: grpo.dual_clip={g.dual_clip} must be > 1 (or 0 = off)")
+    require(float(g.kl_coef) >= 0, f"rl: grpo.kl_coef={g.kl_coef} must be >= 0")
+    require(float(g.get("dr_grpo_constant", 0) or 0) >= 0, "rl: grpo.dr_grpo_constant must be >= 0")
+    optim.optimizer_for(config.optimizer, total or max(budget // r.num_prompts, 1))
+    for key in ("log_every", "ckpt_every", "keep_checkpoints"):
+        require(int(config.get(key, 0)) >= 0, f"rl: {key}={config.get(key)} must be >= 0")
+    require(int(config.get("log_every", 1)) >= 1, f"rl: log_every={config.get('log_every')} must be >= 1")
+    if config.model.get("preset"):
+        mc = model_config_from_dict(config.model)
+        require(r.max_prompt_len + r.max_response_len <= mc.max_position_embeddings,
+                f"rl: max_prompt_len + max_response_len = {r.max_prompt_len + r.max_response_len} exceeds "
+                f"model max_position_embeddings={mc.max_position_embeddings}")
+    if not check_files:
+        return
+    tok = str(config.tokenizer)
+    require(not tok or pathlib.Path(tok).is_file(), f"rl: tokenizer {tok} does not exist (set --config.tokenizer="
+                                                    f"PATH, or leave it empty for the default one)")
+    if d.source == "jsonl":
+        split_dir = pathlib.Path(str(d.data_dir)) / str(d.split)
+        require(split_dir.is_dir(), f"rl: data.data_dir={d.data_dir!r} has no {d.split}/ directory")
+    if not ck.complete_steps(str(config.workdir)):
+        require(bool(str(config.init_from)), "rl: init_from is empty; set --config.init_from=<pre-training or "
+                                             "mid-training run dir> (GRPO starts from a trained model)")
+        step = int(config.get("init_step", -1))
+        ck.resolve_checkpoint(str(config.init_from), None if step < 0 else step)  # missing -> ConfigError

@@ -9,28 +9,25 @@ import glob
 import itertools
 import json
 import os
+import pathlib
 
 from tqdm import tqdm
 
+from interplay_jax.config import as_dict, parse_list, require
 from interplay_jax.errors import ConfigError
-
-
-def _modes(config) -> tuple:
-    modes = config.get("modes", "normalforward")
-    if isinstance(modes, str):
-        modes = modes.split(",")
-    return tuple(m.strip() for m in modes if m.strip())
+from interplay_jax.task import tokenizer as tok_lib
+from interplay_jax.task.formats import format_document
+from interplay_jax.task.mixture import get_mixture
+from interplay_jax.task.writer import read_jsonl
 
 
 def iter_records(config):
     """The records the tokenizer is trained on (generator mixture or JSONL files)."""
     n = int(config.num_docs)
     if config.source == "mixture":
-        from interplay_jax.task.mixture import get_mixture
-        mixture = get_mixture(config.mixture, modes=_modes(config))
+        mixture = get_mixture(as_dict(config.mixture), modes=parse_list(config.get("modes", "normalforward")))
         return (mixture.record(int(config.seed), i) for i in range(n)), n
     if config.source == "jsonl":
-        from interplay_jax.task.writer import read_jsonl
         files = sorted(glob.glob(str(config.jsonl), recursive=True))
         if not files:
             raise ConfigError(f"tokenizer: jsonl pattern {config.jsonl!r} matches no file")
@@ -40,9 +37,6 @@ def iter_records(config):
 
 
 def run(config):
-    from interplay_jax.task import tokenizer as tok_lib
-    from interplay_jax.task.formats import format_document
-
     os.makedirs(str(config.workdir), exist_ok=True)
     out = os.path.join(str(config.workdir), "tokenizer.json")
     sample: list = []
@@ -74,3 +68,31 @@ def run(config):
     print(f"tokenizer: {path} ({tokenizer.vocab_size} entries, {n_docs} documents"
           + (f", {stats['mean_tokens_per_doc']:.0f} tokens/doc" if lengths else "") + ")")
     return path
+
+
+def validate(config, check_files: bool = True) -> None:
+    for key in ("workdir", "seed", "vocab_size", "min_frequency", "source", "num_docs"):
+        require(key in config, f"tokenizer config has no {key!r} field")
+    require(bool(str(config.workdir)), "tokenizer: workdir must be a non-empty path")
+    require(isinstance(config.seed, int), f"tokenizer: seed must be an integer, got {config.seed!r}")
+    require(isinstance(config.vocab_size, int) and config.vocab_size >= 266,
+            f"tokenizer: vocab_size must be an integer >= 266 (10 special + 256 byte entries), "
+            f"got {config.vocab_size!r}")
+    require(isinstance(config.min_frequency, int) and config.min_frequency >= 1,
+            f"tokenizer: min_frequency must be an integer >= 1, got {config.min_frequency!r}")
+    require(isinstance(config.num_docs, int) and config.num_docs >= 0,
+            f"tokenizer: num_docs must be an integer >= 0, got {config.num_docs!r}")
+    require(config.source in ("mixture", "jsonl", "file"),
+            f"tokenizer: unknown source {config.source!r}; expected mixture, jsonl or file")
+    if config.source == "mixture":
+        require(config.num_docs > 0, "tokenizer: num_docs must be > 0 with source=mixture")
+        get_mixture(as_dict(config.get("mixture")), modes=parse_list(config.get("modes", "normalforward")))
+    elif not check_files:
+        return
+    elif config.source == "jsonl":
+        pattern = str(config.get("jsonl", ""))
+        require(bool(pattern), "tokenizer: source=jsonl needs --config.jsonl=GLOB")
+        require(bool(glob.glob(pattern, recursive=True)), f"tokenizer: jsonl pattern {pattern!r} matches no file")
+    else:
+        path = pathlib.Path(str(config.get("file", "")))
+        require(path.is_file(), f"tokenizer: file {str(path)!r} does not exist")

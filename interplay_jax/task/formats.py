@@ -1,4 +1,4 @@
-"""Text formats of the study (SPEC §1 "Text formats"): training document, RL/eval prompt, answers.
+"""Text formats of the study (docs/task.md "Text formats"): training document, RL/eval prompt, answers.
 
 A record (published schema) has ``problem`` ("S1. S2. ... Sk. ", trailing space), ``question`` and
 ``solution`` (ending "Answer: N."). The training document is::
@@ -31,7 +31,7 @@ SOLUTION_OPEN = "<solution>"
 SOLUTION_CLOSE = "</solution>"
 ANSWER_OPEN = "<answer>"
 ANSWER_CLOSE = "</answer>"
-# Special tokens in id order (SPEC §2): [UNK]=0 [PAD]=1 [BOS]=2 [EOS]=3 <question>=4 ... </answer>=9.
+# Special tokens in id order (docs/task.md): [UNK]=0 [PAD]=1 [BOS]=2 [EOS]=3 <question>=4 ... </answer>=9.
 SPECIAL_TOKENS = (UNK, PAD, BOS, EOS, QUESTION_OPEN, QUESTION_CLOSE, SOLUTION_OPEN, SOLUTION_CLOSE,
                   ANSWER_OPEN, ANSWER_CLOSE)
 
@@ -85,7 +85,7 @@ def format_completion(record: Mapping) -> str:
 
 
 def format_document(record: Mapping) -> str:
-    """The training document (SPEC §1), without EOS (added at tokenization)."""
+    """The training document (docs/task.md), without EOS (added at tokenization)."""
     return format_prompt(record) + format_completion(record)
 
 

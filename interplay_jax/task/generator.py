@@ -1,7 +1,7 @@
 """Synthetic problem generator (iGSM / GSM-Infinite "medium" family), pure Python, no JAX.
 
 ``generate_problem(op, context, mode, seed)`` returns one record in the published schema with
-*exactly* the requested op. The structure graph and budgets follow SPEC Appendix A; instead of
+*exactly* the requested op. The structure graph and budgets follow the original generator (docs/task.md); instead of
 rejection sampling over whole problems, the solution DAG is built to hit the op exactly:
 
 1. draw a structure graph (entities x items, Appendix A steps 1-4);
@@ -32,7 +32,7 @@ MIN_OP, MAX_OP = 2, 30
 IP_MAX = 20          # structure-edge budget cap (Appendix A)
 MAX_VALUE = 1000
 
-# op_max budget per target op (SPEC §1: the original's rejection budgets).
+# op_max budget per target op (the original's rejection budgets).
 _OP_MAX = {2: 3, 3: 3, 4: 4, 5: 6, 6: 6, 7: 10, 8: 10, 9: 10, 10: 15, 11: 15,
            12: 20, 13: 20, 14: 20, 15: 20, 16: 25, 17: 25, 18: 25, 19: 30, 20: 30}
 _LETTERS = [chr(c) for c in range(ord("A"), ord("Z") + 1)] + [chr(c) for c in range(ord("a"), ord("z") + 1)]
@@ -610,7 +610,7 @@ def dependency_graph(prob_or_op, context: str = "crazy_zootopia", mode: str = FO
     """The problem's dependency graph as a networkx.DiGraph (nodes = parameter names, edges
     parent -> child). Node attrs: value (int, or (a, b) = a*x+b in reverse mode), total, needed,
     rng (stated constant), k. With ``distractors=False`` only the solution path is included."""
-    import networkx as nx
+    import networkx as nx  # only here: keeps the generator's import light (worker processes)
 
     prob = prob_or_op if isinstance(prob_or_op, Problem) else build_problem(prob_or_op, context, mode, seed)
     g = nx.DiGraph(op=prob.op, mode=prob.mode, template=prob.context, target=prob.nodes[prob.target].name,

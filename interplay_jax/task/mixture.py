@@ -116,21 +116,21 @@ def _ctx_b(share_percent):
 
 
 PRESETS = {
-    # pre-training (SPEC §3, App. A.7): share of hard op8-10
+    # pre-training (docs/mixtures.md): share of hard op8-10
     "base": _three(20, 30, 50),
     "hard0.1": _three(49.95, 49.95, 0.1),
     "hard5": _three(47.5, 47.5, 5),
     "hard20": _three(50, 30, 20),
     "hard33": [{"ops": _r(2, 10), "weight": 1}],
     "hard50": _three(20, 30, 50),
-    # context study (SPEC §4): op2-20 context A + op2-only context B at a share
+    # context study (E2): op2-20 context A + op2-only context B at a share
     "ctxB0": _ctx_b(0),
     "ctxB0.1": _ctx_b(0.1),
     "ctxB1": _ctx_b(1),
     "ctxB10": _ctx_b(10),
-    # mid-training (SPEC §4)
+    # mid-training
     "mid": [{"ops": _r(2, 10), "weight": 20}, {"ops": _r(11, 14), "weight": 80}],
-    # RL data regimes (SPEC §5)
+    # RL data regimes (E1)
     "rl7-10": [{"ops": _r(7, 10), "weight": 1}],
     "rl9-12": [{"ops": _r(9, 12), "weight": 1}],
     "rl11-14": [{"ops": _r(11, 14), "weight": 1}],

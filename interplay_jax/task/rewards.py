@@ -1,4 +1,4 @@
-"""RL rewards (SPEC §1 "Rewards for RL"), all functions of one :class:`~interplay_jax.task.verify.Verdict`.
+"""RL rewards (docs/metrics.md "Rewards"), all functions of one :class:`~interplay_jax.task.verify.Verdict`.
 
 Names accepted by :func:`get_reward`:
 

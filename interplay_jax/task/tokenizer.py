@@ -1,4 +1,4 @@
-"""Byte-level BPE tokenizer (SPEC §2) trained with HF ``tokenizers`` on formatted documents.
+"""Byte-level BPE tokenizer (docs/task.md) trained with HF ``tokenizers`` on formatted documents.
 
 Special tokens and ids: [UNK]=0 [PAD]=1 [BOS]=2 [EOS]=3 <question>=4 </question>=5 <solution>=6
 </solution>=7 <answer>=8 </answer>=9. The pre-tokenizer and decoder are configured exactly as in the
@@ -16,11 +16,18 @@ tokens, so ``decode(encode(text)) == text`` for any text without stray special-t
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import pathlib
 from typing import Iterable, Mapping
 
+from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer as HFTokenizer
+
 from interplay_jax.errors import DataError
-from interplay_jax.task.formats import EOS, PAD, BOS, UNK, SPECIAL_TOKENS, format_document, format_prompt
+from interplay_jax.task.formats import (ANSWER_CLOSE, BOS, EOS, PAD, SPECIAL_TOKENS, UNK, format_document,
+                                       format_prompt)
+from interplay_jax.task.mixture import get_mixture
 
 # The original tokenizer.json's Split pattern, character for character.
 PRETOKENIZER_PATTERN = r"""\\[A-Za-z]+|\\.|\\begin\s*\{[A-Za-z*]+\}|\\end\s*\{[A-Za-z*]+\}|<=|>=|!=|:=|->|->>|=>|<=>|::=|==|\\to|\\mapsto|\\implies|\\iff|[±≈≅≃≡∼∝∞√∑∏∫∮∇∂∆∈∉⊂⊆⊄⊇⊃∩∪∧∨¬⇒⇔←→↦⟶⟨⟩⋯…]|[_^]|[{}()\\[\\]]|(?<![\\p{L}\\p{N}])\\p{N}{1,3}(?:[_,]\\p{N}{1,3})*(?:\\.\\p{N}+)?(?:[eE][+-]?\\p{N}+)?|-| ?\\p{L}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+"""
@@ -28,7 +35,6 @@ PADDING_TOKEN = "<special_token_{}>"
 
 
 def _pre_tokenizer():
-    from tokenizers import Regex, pre_tokenizers
     return pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(PRETOKENIZER_PATTERN), behavior="isolated", invert=False),
         pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True),
@@ -46,11 +52,16 @@ class Tokenizer:
             if got != expected_id:
                 raise DataError(f"tokenizer {source}: special token {token!r} has id {got}, expected {expected_id}")
         self.unk_id, self.pad_id, self.bos_id, self.eos_id = (SPECIAL_TOKENS.index(t) for t in (UNK, PAD, BOS, EOS))
+        self.answer_close_id = SPECIAL_TOKENS.index(ANSWER_CLOSE)
+
+    @property
+    def stop_ids(self) -> tuple[int, int]:
+        """Generation stops after EOS or ``</answer>`` (RL rollouts and evaluation)."""
+        return self.eos_id, self.answer_close_id
 
     # ------------------------------------------------------------------ io
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Tokenizer":
-        from tokenizers import Tokenizer as HFTokenizer
         path = os.fspath(path)
         if os.path.isdir(path):
             path = os.path.join(path, "tokenizer.json")
@@ -108,9 +119,6 @@ class Tokenizer:
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 2200, min_frequency: int = 2,
                     pad_to_vocab_size: bool = True, show_progress: bool = False) -> Tokenizer:
     """Train a byte-level BPE on ``texts`` (e.g. formatted documents). See the module docstring."""
-    from tokenizers import Tokenizer as HFTokenizer
-    from tokenizers import decoders, models, pre_tokenizers, trainers
-
     n_base = len(SPECIAL_TOKENS) + 256
     if vocab_size < n_base:
         raise DataError(f"vocab_size {vocab_size} is below the {n_base} special + byte entries")
@@ -139,3 +147,40 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
 
 
 load = load_tokenizer
+
+
+# ----------------------------------------------------------------------------------------- default
+
+DEFAULT_VERSION = "v1"
+DEFAULT_DOCS = 20_000  # ~30 s on one CPU core; env INTERPLAY_DEFAULT_TOKENIZER_DOCS changes it (tests)
+
+
+def cache_dir() -> pathlib.Path:
+    """Where built artifacts are cached: ``$INTERPLAY_CACHE`` or ``~/.cache/interplay_jax``."""
+    root = os.environ.get("INTERPLAY_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "interplay_jax")
+    return pathlib.Path(root)
+
+
+def default_tokenizer_path(progress: bool = True) -> pathlib.Path:
+    """The tokenizer a stage uses when its config names none: the byte-level BPE trained on
+    ``DEFAULT_DOCS`` documents of the ``rl_uniform`` mixture (ops 2-20, contexts A/B/C, both modes,
+    seed 0), built deterministically on first use and cached under :func:`cache_dir`."""
+    docs = int(os.environ.get("INTERPLAY_DEFAULT_TOKENIZER_DOCS", DEFAULT_DOCS))
+    path = cache_dir() / "tokenizers" / f"default-{DEFAULT_VERSION}-{docs}.json"
+    if path.is_file():
+        return path
+    mixture = get_mixture("rl_uniform", modes=("normalforward", "forwardreverse"))
+    records = (mixture.record(0, i) for i in range(docs))
+    if progress:
+        print(f"building the default tokenizer from {docs} generated documents (once; cached at {path})")
+    train_on_records(records).save(path)
+    return path
+
+
+def file_digest(path) -> str:
+    """sha256 of a file's bytes (e.g. which tokenizer.json a run used)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

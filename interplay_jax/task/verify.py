@@ -1,4 +1,4 @@
-"""Process verification (SPEC §1): solution text -> dependency graph -> ProcessAcc / VerifiedCorrect.
+"""Process verification (docs/metrics.md): solution text -> dependency graph -> ProcessAcc / VerifiedCorrect.
 
 Parsing (gold and model text alike)
 -----------------------------------

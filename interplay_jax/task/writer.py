@@ -18,7 +18,9 @@ import json
 import os
 import pathlib
 
-from interplay_jax.errors import DataError
+from tqdm import tqdm
+
+from interplay_jax.errors import ConfigError, DataError
 from interplay_jax.task.generator import content_hash, stable_rng
 
 FIELDS = ("problem", "question", "solution", "op", "id", "template", "mode", "length", "d")
@@ -26,8 +28,40 @@ REQUIRED = ("problem", "question", "solution", "op", "template", "mode")
 MANIFEST = "manifest.json"
 
 
-def record_key(record: dict) -> str:
-    return content_hash(record["problem"], record["question"], record["solution"])
+def record_hash(record: dict) -> str:
+    """The content hash of a record (the dedup key and the ``id`` of generated records): SHA-256 of
+    (problem, question, solution). Always recomputed, never read from the ``id`` field."""
+    return content_hash(str(record.get("problem", "")), str(record.get("question", "")),
+                        str(record.get("solution", "")))
+
+
+def jsonl_files(path) -> list[pathlib.Path]:
+    """``path`` itself if it is a file, else every ``*.jsonl`` below it (sorted); a missing path or a
+    directory without JSONL files is a ConfigError (the path came from a config)."""
+    p = pathlib.Path(path)
+    if p.is_file():
+        return [p]
+    if not p.exists():
+        raise ConfigError(f"{p} does not exist")
+    files = sorted(p.rglob("*.jsonl"))
+    if not files:
+        raise ConfigError(f"{p} holds no .jsonl files")
+    return files
+
+
+def split_files(data_dir, split: str) -> list[pathlib.Path]:
+    """JSONL files of one split in the published layout (``train/op{N}/*.jsonl``, ``heldout/``...);
+    [] when the split does not exist."""
+    root = pathlib.Path(data_dir) / split
+    return sorted(root.rglob("*.jsonl")) if root.is_dir() else []
+
+
+def hashes_of_paths(paths) -> set[str]:
+    """Content hashes of every record in JSONL files / directories (searched recursively); ``paths``
+    may be one comma-separated string. A missing path is a ConfigError naming it."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [p.strip() for p in str(paths).split(",") if p.strip()]
+    return {record_hash(r) for p in paths for f in jsonl_files(p) for r in read_jsonl(f)}
 
 
 def read_jsonl(path, required=REQUIRED):
@@ -95,8 +129,6 @@ def write_dataset(out_dir, mixture, splits: dict, seed: int = 0, shard_size: int
 
     Returns the manifest dict. ``_fail_after_shards`` (tests) raises after that many new shards.
     """
-    from tqdm import tqdm
-
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     settings = {"mixture": repr(mixture), "seed": int(seed), "shard_size": int(shard_size),
@@ -113,7 +145,7 @@ def write_dataset(out_dir, mixture, splits: dict, seed: int = 0, shard_size: int
         for sh in done:
             for f in _shard_files(out, split, sh["index"]):
                 for rec in read_jsonl(f):
-                    seen.add(rec.get("id") or record_key(rec))
+                    seen.add(rec.get("id") or record_hash(rec))
         kept = sum(sh["count"] for sh in done)
         pos = done[-1]["end"] if done else 0
         bar = tqdm(total=size, initial=kept, desc=f"generate {split}", unit="rec", disable=not progress)

@@ -1,4 +1,4 @@
-"""Pure, sharded next-token training and eval steps (SPEC §3-§4; issue 3 §3).
+"""Pure, sharded next-token training and eval steps (pre-training and mid-training).
 
 Train state: a plain dict pytree ``{"step": int32 [], "params": nnx.State (Params only),
 "opt_state": optax state}``; the model's structure lives in a separate static ``graphdef`` and is
@@ -14,8 +14,8 @@ causal attention over the packed row with positions 0..T-1 (batch positions unus
 (if absent the model restarts positions at each document).
 
 Loss: mean token cross-entropy over counted targets of the whole (global) batch. With
-``grad_accum_steps = k`` the batch is split into k microbatches (row j goes to microbatch j mod k,
-so every device keeps its share) scanned with ``lax.scan``; summed gradients are divided by the total
+``grad_accum_steps = k`` the batch is split into k micro-batches (interplay_jax.train.accum: row j goes
+to micro-batch j mod k, so every device keeps its share); summed gradients are divided by the total
 token count, i.e. exactly the gradient of the big batch's mean loss.
 """
 from __future__ import annotations
@@ -28,6 +28,7 @@ from flax import nnx
 from interplay_jax.errors import ConfigError
 from interplay_jax.model.qwen2 import Qwen2
 from interplay_jax.train import sharding as shd
+from interplay_jax.train.accum import accumulate_gradients
 
 
 # ------------------------------------------------------------------------------------------ state
@@ -71,18 +72,17 @@ def shardings_of(state):
 
 def token_nll(params, graphdef, batch, document_mask: bool = False):
     """(nll [B, T-1] fp32 with uncounted targets zeroed, counted mask [B, T-1] bool)."""
-    tokens = jnp.asarray(batch["tokens"], jnp.int32)
-    seg = jnp.asarray(batch["segment_ids"], jnp.int32)
+    tokens_BxT = jnp.asarray(batch["tokens"], jnp.int32)
+    seg_BxT = jnp.asarray(batch["segment_ids"], jnp.int32)
     model = nnx.merge(graphdef, params)
     if document_mask:
-        logits = model(tokens, positions_BxT=batch.get("positions"), segment_ids_BxT=seg)
+        logits_BxTxV = model(tokens_BxT, positions_BxT=batch.get("positions"), segment_ids_BxT=seg_BxT)
     else:
-        logits = model(tokens)
-    logits = logits[:, :-1].astype(jnp.float32)
-    targets = tokens[:, 1:]
-    counted = (seg[:, 1:] != 0) & (seg[:, 1:] == seg[:, :-1])
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-    return jnp.where(counted, nll, 0.0), counted
+        logits_BxTxV = model(tokens_BxT)
+    counted_BxT1 = (seg_BxT[:, 1:] != 0) & (seg_BxT[:, 1:] == seg_BxT[:, :-1])
+    nll_BxT1 = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV[:, :-1].astype(jnp.float32),
+                                                               tokens_BxT[:, 1:])
+    return jnp.where(counted_BxT1, nll_BxT1, 0.0), counted_BxT1
 
 
 def lm_loss(params, graphdef, batch, document_mask: bool = False):
@@ -95,14 +95,6 @@ def lm_loss(params, graphdef, batch, document_mask: bool = False):
 def _sum_loss(params, graphdef, batch, document_mask):
     nll, counted = token_nll(params, graphdef, batch, document_mask)
     return nll.sum(), counted.sum(dtype=jnp.int32)
-
-
-def split_microbatches(batch, k: int):
-    """[B, ...] -> [k, B/k, ...]; row r goes to microbatch r mod k (keeps each device's rows local)."""
-    def split(x):
-        b = x.shape[0]
-        return jnp.swapaxes(x.reshape((b // k, k) + x.shape[1:]), 0, 1)
-    return jax.tree.map(split, batch)
 
 
 # ------------------------------------------------------------------------------------------ steps
@@ -120,30 +112,18 @@ def make_lm_step(graphdef, tx, schedule, *, mesh, state_shardings, grad_accum_st
         raise ConfigError(f"grad_accum_steps={grad_accum_steps} must be >= 1")
     bsh = shd.batch_sharding(mesh)
     dp = shd.batch_size_multiple(mesh)
-    param_sh = state_shardings["params"]
     grad_fn = jax.value_and_grad(_sum_loss, has_aux=True)
+
+    def micro_grads(params, micro):  # -> ((loss_sum, count), grads)
+        return grad_fn(params, graphdef, micro, document_mask)
 
     def step(state, batch):
         params = state["params"]
         b = batch["tokens"].shape[0]
         if b % (dp * k):  # trace-time check (Python), before anything is compiled
             raise ConfigError(f"batch={b} does not divide by mesh data x fsdp={dp} x grad_accum_steps={k}")
-        if k == 1:
-            (loss_sum, count), grad_sum = grad_fn(params, graphdef, batch, document_mask)
-        else:
-            micro = split_microbatches(batch, k)
-
-            def body(carry, mb):
-                g_acc, l_acc, c_acc = carry
-                mb = jax.lax.with_sharding_constraint(mb, bsh)
-                (l, c), g = grad_fn(params, graphdef, mb, document_mask)
-                g_acc = jax.tree.map(jnp.add, g_acc, g)
-                g_acc = jax.lax.with_sharding_constraint(g_acc, param_sh)
-                return (g_acc, l_acc + l, c_acc + c), None
-
-            zeros = jax.tree.map(jnp.zeros_like, params)
-            init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
-            (grad_sum, loss_sum, count), _ = jax.lax.scan(body, init, micro)
+        (loss_sum, count), grad_sum = accumulate_gradients(micro_grads, params, batch, k, batch_sharding=bsh,
+                                                           grad_sharding=state_shardings["params"])
         denom = jnp.maximum(count, 1).astype(jnp.float32)
         grads = jax.tree.map(lambda g: g / denom, grad_sum)
         updates, opt_state = tx.update(grads, state["opt_state"], params)

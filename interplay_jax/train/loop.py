@@ -2,11 +2,11 @@
 
 A stage gives a jitted ``step_fn(state, batch) -> (state, metrics)`` and a batch producer: either
 an iterator of batches (pre/mid-training: the grain iterator, whose state goes into checkpoints) or
-a callable ``produce(state, step_index) -> batch`` (RL: rollouts from the current policy). The loop
-does everything else:
+a callable ``produce(state, step_index) -> batch`` (RL: rollouts from the current policy), and runs
+``Loop(LoopSettings(...), hooks).run(step_fn, state, batches)``. The loop does everything else:
 
 - tqdm progress bar with ETA and a one-line summary every ``log_every`` steps;
-- TensorBoard scalars (:class:`ScalarWriter`, or a tensorboardX SummaryWriter): every metric, tokens/s, MFU vs ``peak_flops``, and the
+- TensorBoard scalars (:class:`ScalarWriter`): every metric, tokens/s, MFU vs ``peak_flops``, and the
   ``eval_fn`` results (e.g. held-out loss per op bucket) every ``eval_every`` steps;
 - the metrics of step t-1 are pulled to the host while step t runs (async dispatch);
 - non-finite loss / grad_norm stops the run (:class:`TrainingDiverged`) without saving, so the last
@@ -25,6 +25,9 @@ from typing import Any, Callable, Iterator
 
 import jax
 import numpy as np
+from tensorboard.compat.proto.event_pb2 import Event
+from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
 from tqdm.auto import tqdm
 
 from interplay_jax.errors import UserError
@@ -33,18 +36,15 @@ from interplay_jax.errors import UserError
 class ScalarWriter:
     """TensorBoard scalars without TensorFlow, via the ``tensorboard`` package's own event writer.
 
-    Same ``add_scalar / flush / close`` calls as tensorboardX's SummaryWriter (which may be passed to
-    :func:`run_loop` instead); this one avoids tensorboardX's import of torch (~3 s per run).
+    Same ``add_scalar / flush / close`` calls as tensorboardX's SummaryWriter; this one avoids
+    tensorboardX's import of torch (~3 s per run).
     """
 
     def __init__(self, logdir):
-        from tensorboard.summary.writer.event_file_writer import EventFileWriter
         self.logdir = str(logdir)
         self._writer = EventFileWriter(self.logdir, flush_secs=30)
 
     def add_scalar(self, tag: str, value: float, step: int) -> None:
-        from tensorboard.compat.proto.event_pb2 import Event
-        from tensorboard.compat.proto.summary_pb2 import Summary
         summary = Summary(value=[Summary.Value(tag=tag, simple_value=float(value))])
         self._writer.add_event(Event(wall_time=time.time(), step=int(step), summary=summary))
 
@@ -110,152 +110,172 @@ def _finite(metrics: dict, keys=("loss", "grad_norm")) -> str | None:
     return None
 
 
-def run_loop(*, step_fn: Callable, state, batches: Iterator | Callable, total_steps: int,
-             start_step: int = 0, checkpointer=None, log_every: int = 10, ckpt_every: int = 0,
-             eval_every: int = 0, eval_fn: Callable | None = None, writer=None,
-             flops_per_token: float | None = None, peak_flops: float | None = None,
-             meta: dict | None = None, desc: str = "train", put_batch: Callable | None = None,
-             on_log: Callable[[int, dict], None] | None = None, progress: bool = True,
-             data_state_fn: Callable[[], Any] | None = None) -> LoopResult:
-    """Run steps ``start_step+1 .. total_steps`` and return a :class:`LoopResult`.
+@dataclasses.dataclass(frozen=True)
+class LoopSettings:
+    total_steps: int
+    log_every: int = 10
+    ckpt_every: int = 0                # 0: a checkpoint only at the end
+    eval_every: int = 0                # 0: eval only at the end (when there is an eval_fn)
+    desc: str = "train"                # progress-bar label and TensorBoard scalar prefix
+    progress: bool = True
+    flops_per_token: float | None = None  # with peak_flops: MFU in the log
+    peak_flops: float | None = None
 
-    ``checkpointer``: an :class:`interplay_jax.checkpoint.Checkpointer` (None: no checkpoints).
-    ``batches``: iterator of host batches (its ``get_state()`` is checkpointed if it has one) or a
-    callable ``(state, step_index) -> batch``. ``put_batch``: host batch -> device batch (e.g.
-    ``make_global_batch``). ``writer``: a :class:`ScalarWriter` / tensorboardX SummaryWriter (or None). ``meta``: JSON
-    saved with each checkpoint (stage, config, parent). ``eval_fn(state) -> {name: float}``.
-    ``data_state_fn() -> JSON-able``: what to checkpoint as the data state (default: the iterator's
-    ``get_state()``; e.g. an RL prompt iterator's state when ``batches`` is a callable).
+
+class Loop:
+    """Runs steps ``start_step+1 .. total_steps`` (see the module docstring).
+
+    Hooks: ``checkpointer`` (an :class:`interplay_jax.checkpoint.Checkpointer`, or None),
+    ``writer`` (:class:`ScalarWriter` or a tensorboardX SummaryWriter, or None), ``eval_fn(state) ->
+    {name: float}``, ``meta`` (JSON saved with each checkpoint: stage, config, parent) and
+    ``on_log(step, row)`` (called with each logged row).
     """
-    produce = batches if (callable(batches) and not hasattr(batches, "__next__")) else None
-    iterator = None if produce is not None else batches
-    meta = dict(meta or {})
-    history: list[dict] = []
-    last_ckpt = checkpointer.latest_step() if checkpointer is not None else None
-    window: dict[str, list[float]] = {}
-    t_window = time.perf_counter()
-    t_start = t_window
-    steps_in_window = 0
-    step = start_step
 
-    def data_state():
-        if data_state_fn is not None:
-            return data_state_fn()
-        return iterator.get_state() if iterator is not None and hasattr(iterator, "get_state") else None
+    def __init__(self, settings: LoopSettings, *, checkpointer=None, writer=None, eval_fn=None,
+                 meta: dict | None = None, on_log: Callable[[int, dict], None] | None = None):
+        self.s = settings
+        self.checkpointer, self.writer, self.eval_fn, self.on_log = checkpointer, writer, eval_fn, on_log
+        self.meta = dict(meta or {})
+        self.history: list[dict] = []
+        self.last_ckpt = checkpointer.latest_step() if checkpointer is not None else None
+        self._window: dict[str, list[float]] = {}
+        self._t_window = time.perf_counter()
+        self._steps_in_window = 0
 
-    def save(at: int):
-        nonlocal last_ckpt
-        if checkpointer is None or at == last_ckpt:
+    # ------------------------------------------------------------------ pieces
+    def _save(self, state, at: int, data_state) -> None:
+        if self.checkpointer is None or at == self.last_ckpt:
             return
-        checkpointer.save(at, state, data_state=data_state(), meta={**meta, "step": at})
-        last_ckpt = at
+        self.checkpointer.save(at, state, data_state=data_state, meta={**self.meta, "step": at})
+        self.last_ckpt = at
 
-    def check(metrics: dict, at: int):
+    def _check(self, metrics: dict, at: int) -> None:
         bad = _finite(metrics)
         if bad is not None:
-            where = (f"last good checkpoint: step {last_ckpt} in {checkpointer.directory}"
-                     if checkpointer is not None and last_ckpt is not None else "no checkpoint was saved")
+            where = (f"last good checkpoint: step {self.last_ckpt} in {self.checkpointer.directory}"
+                     if self.checkpointer is not None and self.last_ckpt is not None else "no checkpoint was saved")
             raise TrainingDiverged(f"{bad} is {float(metrics[bad])} at step {at}; stopped ({where}); "
                                    f"lower the learning rate or check the data")
 
-    def absorb(metrics: dict, at: int):
-        nonlocal t_window, steps_in_window
+    def _absorb(self, metrics: dict, at: int) -> None:
+        """Pull step ``at``'s metrics to the host; log a row at every ``log_every`` steps."""
         metrics = {k: float(np.asarray(v)) for k, v in metrics.items()}
-        check(metrics, at)
+        self._check(metrics, at)
         for k, v in metrics.items():
-            window.setdefault(k, []).append(v)
-        steps_in_window += 1
-        if at % log_every == 0 or at == total_steps:
-            now = time.perf_counter()
-            dt = max(now - t_window, 1e-9)
-            row = {k: (sum(v) / len(v) if k != "tokens" else sum(v)) for k, v in window.items()}
-            row["step"] = at
-            row["steps_per_s"] = steps_in_window / dt
-            if "tokens" in window:
-                row["tokens_per_s"] = row["tokens"] / dt
-                if flops_per_token and peak_flops:
-                    row["mfu"] = row["tokens_per_s"] * flops_per_token / peak_flops
-            eta = (total_steps - at) / max(row["steps_per_s"], 1e-9)
-            line = [f"step {at}/{total_steps}"]
-            for k, fmt in (("loss", "{:.4f}"), ("lr", "{:.2e}"), ("grad_norm", "{:.3f}")):
-                if k in row:
-                    line.append(f"{k} " + fmt.format(row[k]))
-            if "tokens_per_s" in row:
-                line.append(f"{_fmt_num(row['tokens_per_s'])} tok/s")
-            if "mfu" in row:
-                line.append(f"MFU {100 * row['mfu']:.2f}%")
-            line.append(f"eta {_fmt_time(eta)}")
-            tqdm.write(" | ".join(line))
-            if writer is not None:
-                for k, v in row.items():
-                    if k not in ("step",):
-                        writer.add_scalar(f"{desc}/{k}", v, at)
-            if on_log is not None:
-                on_log(at, row)
-            history.append(row)
-            window.clear()
-            steps_in_window = 0
-            t_window = now
+            self._window.setdefault(k, []).append(v)
+        self._steps_in_window += 1
+        if at % self.s.log_every == 0 or at == self.s.total_steps:
+            self._log(at)
 
-    def evaluate(at: int):
-        if eval_fn is None:
+    def _log(self, at: int) -> None:
+        now = time.perf_counter()
+        dt = max(now - self._t_window, 1e-9)
+        row = {k: (sum(v) / len(v) if k != "tokens" else sum(v)) for k, v in self._window.items()}
+        row["step"] = at
+        row["steps_per_s"] = self._steps_in_window / dt
+        if "tokens" in self._window:
+            row["tokens_per_s"] = row["tokens"] / dt
+            if self.s.flops_per_token and self.s.peak_flops:
+                row["mfu"] = row["tokens_per_s"] * self.s.flops_per_token / self.s.peak_flops
+        eta = (self.s.total_steps - at) / max(row["steps_per_s"], 1e-9)
+        tqdm.write(_log_line(row, self.s.total_steps, eta))
+        if self.writer is not None:
+            for k, v in row.items():
+                if k != "step":
+                    self.writer.add_scalar(f"{self.s.desc}/{k}", v, at)
+        if self.on_log is not None:
+            self.on_log(at, row)
+        self.history.append(row)
+        self._window.clear()
+        self._steps_in_window = 0
+        self._t_window = now
+
+    def _evaluate(self, state, at: int) -> None:
+        if self.eval_fn is None:
             return
-        results = eval_fn(state)
-        if results:
-            tqdm.write(f"eval step {at} | " + " | ".join(f"{k} {v:.4f}" for k, v in results.items()))
-            if writer is not None:
-                for k, v in results.items():
-                    writer.add_scalar(f"eval/{k}", float(v), at)
-            if history and history[-1]["step"] == at:
-                history[-1].update({f"eval/{k}": float(v) for k, v in results.items()})
+        results = self.eval_fn(state)
+        if not results:
+            return
+        tqdm.write(f"eval step {at} | " + " | ".join(f"{k} {v:.4f}" for k, v in results.items()))
+        if self.writer is not None:
+            for k, v in results.items():
+                self.writer.add_scalar(f"eval/{k}", float(v), at)
+        if self.history and self.history[-1]["step"] == at:
+            self.history[-1].update({f"eval/{k}": float(v) for k, v in results.items()})
 
-    bar = tqdm(total=total_steps, initial=start_step, desc=desc, disable=not progress,
-               dynamic_ncols=True, leave=False)
-    pending = None  # (step, metrics on device) not yet pulled to the host
-    reason = "done"
-    try:
-        with _StopFlag() as stop:
-            while step < total_steps:
-                if stop.signal is not None:
-                    reason = "interrupted"
-                    break
-                if produce is not None:
-                    batch = produce(state, step)
-                else:
-                    try:
-                        batch = next(iterator)
-                    except StopIteration:
-                        tqdm.write(f"data ran out after {step} steps (of {total_steps}); stopping")
+    # ------------------------------------------------------------------ the loop
+    def run(self, step_fn: Callable, state, batches: Iterator | Callable, *, start_step: int = 0,
+            put_batch: Callable | None = None, data_state_fn: Callable[[], Any] | None = None) -> LoopResult:
+        """``batches``: an iterator of host batches (its ``get_state()`` is checkpointed) or a callable
+        ``(state, step_index) -> batch`` (RL). ``put_batch``: host batch -> device batch.
+        ``data_state_fn() -> JSON-able``: what to checkpoint as the data state instead."""
+        s = self.s
+        produce = batches if (callable(batches) and not hasattr(batches, "__next__")) else None
+        iterator = None if produce is not None else batches
+
+        def data_state():
+            if data_state_fn is not None:
+                return data_state_fn()
+            return iterator.get_state() if iterator is not None and hasattr(iterator, "get_state") else None
+
+        step, pending, reason = start_step, None, "done"   # pending: (metrics on device, step) not yet pulled
+        bar = tqdm(total=s.total_steps, initial=start_step, desc=s.desc, disable=not s.progress,
+                   dynamic_ncols=True, leave=False)
+        try:
+            with _StopFlag() as stop:
+                while step < s.total_steps:
+                    if stop.signal is not None:
+                        reason = "interrupted"
                         break
-                if put_batch is not None:
-                    batch = put_batch(batch)
-                state, metrics = step_fn(state, batch)
-                step += 1
-                if pending is not None:        # pull step t-1 while step t runs
-                    absorb(*pending)
-                pending = (metrics, step)
-                bar.update(1)
-                boundary = (ckpt_every and step % ckpt_every == 0)
-                do_eval = eval_every and step % eval_every == 0
-                if boundary or do_eval or step == total_steps:
-                    absorb(*pending)           # never checkpoint a diverged state
-                    pending = None
-                    if do_eval:
-                        evaluate(step)
-                    if boundary:
-                        save(step)
-            if pending is not None:
-                absorb(*pending)
-                pending = None
-            if step == total_steps and eval_fn is not None and not (eval_every and step % eval_every == 0):
-                evaluate(step)
-            save(step)
-    finally:
-        bar.close()
-        if checkpointer is not None:
-            checkpointer.wait()
-    if reason == "interrupted":
-        tqdm.write(f"interrupted at step {step}: checkpoint saved; rerun the same command to resume")
-    if writer is not None:
-        writer.flush()
-    return LoopResult(state=state, step=step, reason=reason, history=history, last_checkpoint=last_ckpt)
+                    if produce is not None:
+                        batch = produce(state, step)
+                    else:
+                        try:
+                            batch = next(iterator)
+                        except StopIteration:
+                            tqdm.write(f"data ran out after {step} steps (of {s.total_steps}); stopping")
+                            break
+                    if put_batch is not None:
+                        batch = put_batch(batch)
+                    state, metrics = step_fn(state, batch)
+                    step += 1
+                    if pending is not None:        # pull step t-1 while step t runs
+                        self._absorb(*pending)
+                    pending = (metrics, step)
+                    bar.update(1)
+                    boundary = bool(s.ckpt_every) and step % s.ckpt_every == 0
+                    do_eval = bool(s.eval_every) and step % s.eval_every == 0
+                    if boundary or do_eval or step == s.total_steps:
+                        self._absorb(*pending)     # never checkpoint a diverged state
+                        pending = None
+                        if do_eval:
+                            self._evaluate(state, step)
+                        if boundary:
+                            self._save(state, step, data_state())
+                if pending is not None:
+                    self._absorb(*pending)
+                if step == s.total_steps and not (s.eval_every and step % s.eval_every == 0):
+                    self._evaluate(state, step)
+                self._save(state, step, data_state())
+        finally:
+            bar.close()
+            if self.checkpointer is not None:
+                self.checkpointer.wait()
+        if reason == "interrupted":
+            tqdm.write(f"interrupted at step {step}: checkpoint saved; rerun the same command to resume")
+        if self.writer is not None:
+            self.writer.flush()
+        return LoopResult(state=state, step=step, reason=reason, history=self.history, last_checkpoint=self.last_ckpt)
+
+
+def _log_line(row: dict, total_steps: int, eta: float) -> str:
+    line = [f"step {row['step']}/{total_steps}"]
+    for k, fmt in (("loss", "{:.4f}"), ("lr", "{:.2e}"), ("grad_norm", "{:.3f}")):
+        if k in row:
+            line.append(f"{k} " + fmt.format(row[k]))
+    if "tokens_per_s" in row:
+        line.append(f"{_fmt_num(row['tokens_per_s'])} tok/s")
+    if "mfu" in row:
+        line.append(f"MFU {100 * row['mfu']:.2f}%")
+    line.append(f"eta {_fmt_time(eta)}")
+    return " | ".join(line)

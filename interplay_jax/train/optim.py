@@ -1,4 +1,4 @@
-"""Optimizer and learning-rate schedule (SPEC §3-§5).
+"""Optimizer and learning-rate schedule (the study's AdamW + warmup/cosine; constant for RL).
 
 ``make_schedule(ocfg)``: linear warmup from 0 to ``lr`` over the warmup steps, then cosine decay to
 ``min_lr`` at ``total_steps`` (held there afterwards); or ``"constant"`` (``lr`` throughout, after the
@@ -18,6 +18,7 @@ warmup_steps | warmup_frac, total_steps, schedule, b1, b2, eps, weight_decay, gr
 from __future__ import annotations
 
 import math
+import types
 
 import jax
 import jax.numpy as jnp
@@ -93,3 +94,11 @@ def make_optimizer(ocfg, schedule: optax.Schedule | None = None) -> optax.Gradie
         mask=decay_mask,
     ))
     return optax.chain(*parts)
+
+
+def optimizer_for(ocfg, total_steps: int) -> tuple[optax.Schedule, optax.GradientTransformation]:
+    """(schedule, optimizer) of a config's ``optimizer`` block for a run of ``total_steps`` steps."""
+    fields = ocfg.to_dict() if hasattr(ocfg, "to_dict") else dict(ocfg)
+    o = types.SimpleNamespace(**{**fields, "total_steps": int(total_steps)})
+    schedule = make_schedule(o)
+    return schedule, make_optimizer(o, schedule)

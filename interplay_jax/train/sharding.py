@@ -1,6 +1,6 @@
 """The ONE module that owns the device mesh, partition rules and multi-host setup.
 
-Mesh axes (SPEC §3 scale-out; issue 3 §4):
+Mesh axes:
   ``data``   pure data parallelism: batch split, parameters replicated;
   ``fsdp``   batch split AND parameters / optimizer moments split (ZeRO-3 style, XLA all-gathers);
   ``tensor`` Megatron-style model parallelism over attention heads and the MLP intermediate dim.

@@ -1,4 +1,6 @@
-"""Edge-of-competence RL data selection (the study's advice; the original release has no such code).
+"""Edge-of-competence RL data selection for the RL stage (the study's advice; the original release has
+no such code). It sits above rl/ and eval/: it probes a checkpoint with the evaluation engine and hands
+the RL stage its prompt choice.
 
 RL helps most on problems the model fails at pass@1 but solves at pass@k. ``select_edge`` probes a
 checkpoint on a small per-op set (its own seed namespace, disjoint by hash from the eval set it is
@@ -10,11 +12,19 @@ pass@k − pass@1 gap and says so. The choice is a plain dict the RL stage store
 """
 from __future__ import annotations
 
+import json
+import pathlib
 from typing import Sequence
 
+import jax
+
+from interplay_jax.config import parse_list, parse_ops
 from interplay_jax.eval import passk
 from interplay_jax.eval.evalset import generate_evalset
 from interplay_jax.eval.evaluate import evaluate_items
+from interplay_jax.sampling.policy import load_policy
+from interplay_jax.sampling.sampler import Sampler
+from interplay_jax.task.writer import hashes_of_paths
 
 PROBE_SEED_OFFSET = 1_000_003  # probe problems come from a seed stream of their own
 
@@ -73,30 +83,20 @@ def resolve_edge(config, workdir) -> dict | None:
     Probes the parent checkpoint (``init_from``) once and stores the choice in ``WORKDIR/edge.json``;
     a resumed run reads that file back, so it trains on the same ops / prompts.
     """
-    import json
-    import pathlib
-
-    import jax
-
-    from interplay_jax import config as config_lib
-    from interplay_jax.eval.evaluate import load_checkpoint
-    from interplay_jax.rl.data import hashes_of
-    from interplay_jax.rl.sampler import Sampler
-
     if str(config.data.mixture) != "edge":
         return None
     path = pathlib.Path(workdir) / EDGE_FILE
     if path.is_file():
         return json.loads(path.read_text())
     e = config.data.edge
-    parent = load_checkpoint(str(config.init_from), tokenizer=str(config.tokenizer) or None, name="parent",
-                             step=int(config.init_step) if int(config.init_step) >= 0 else None)
+    parent = load_policy(str(config.init_from), tokenizer=str(config.tokenizer) or None, name="parent",
+                         step=int(config.init_step) if int(config.init_step) >= 0 else None)
     sampler = Sampler(parent.graphdef, parent.cfg, pad_id=parent.tokenizer.pad_id)
-    excl = [p.strip() for p in str(config.data.get("exclude", "") or "").split(",") if p.strip()]
-    choice = select_edge(sampler, parent.params, parent.tokenizer, ops=config_lib.parse_ops(str(e.ops)),
+    choice = select_edge(sampler, parent.params, parent.tokenizer, ops=parse_ops(str(e.ops)),
                          per_op=int(e.per_op), n=int(e.n), pass1_max=float(e.pass1_max),
                          passk_min=float(e.passk_min), keep_prompts=bool(e.keep_prompts), seed=int(config.seed),
-                         exclude_hashes=hashes_of(excl), max_new_tokens=int(e.max_new_tokens),
+                         exclude_hashes=hashes_of_paths(parse_list(config.data.get("exclude", ""))),
+                         max_new_tokens=int(e.max_new_tokens),
                          max_prompt_len=int(config.rl.max_prompt_len), temperature=float(config.rl.temperature),
                          batch_prompts=int(e.batch_prompts), key=jax.random.key(int(config.seed) + 17),
                          progress=bool(config.get("progress", True)))
