@@ -76,6 +76,8 @@ def get_config(arg=None):
         num_minibatches=4,             # optimizer updates per step (one pass over the rollouts)
         micro_batch_size=0,            # rollouts per forward/backward inside a mini-batch (0: whole)
         rollout_batch_prompts=0,       # prompts per sampler call (0: all at once)
+        decode_chunk=0,                # decode steps per chunk: each chunk reads only the cache slots
+                                       # written so far and drops finished rows (0: one chunk)
         prompt_buckets=""))            # comma-separated padded prompt lengths ("": 16, 32, ..., 2048);
                                        # each bucket compiles the sampler and the update once
     c.grpo = ml_collections.ConfigDict(dict(
@@ -83,7 +85,8 @@ def get_config(arg=None):
         loss_agg="dr_grpo" if dr else "token-mean",   # token-mean | seq-mean-token-mean | dr_grpo
         std_normalize=not dr,          # divide advantages by the group std (GRPO); False = Dr.GRPO
         dr_grpo_constant=0.0,          # Dr.GRPO divisor (0: rl.max_response_len)
-        logprob_temperature=False))    # True: divide logits by rl.temperature in the loss (verl-style)
+        logprob_temperature=False,     # True: divide logits by rl.temperature in the loss (verl-style)
+        old_logprobs="recompute"))     # "recompute" (a forward in the update) | "sampler" (the rollouts')
     c.optimizer = ml_collections.ConfigDict(dict(
         lr=1e-6, min_lr=0.0, warmup_frac=0.0, warmup_steps=0, schedule="constant",
         b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01, grad_clip=1.0))

@@ -178,9 +178,12 @@ def test_causal_chunked_attention_matches_full():
     seg = jnp.array([[1] * 100 + [2] * 150 + [0] * 50, [1] * t])
     mask = jnp.tril(jnp.ones((t, t), bool))[None] & (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] != 0)
     assert qwen2.causal_chunk(t) == 64
-    chunked = qwen2.attention(q, k, v, mask, "einsum", causal=True)
+    chunked = qwen2.attention(q, k, v, "einsum", segment_ids_BxT=seg)
     full = qwen2._einsum_attention(q, k, v, mask)
     real = np.asarray(seg != 0)  # padding query rows attend nowhere: their value is unspecified
     np.testing.assert_allclose(np.asarray(chunked)[real], np.asarray(full)[real], atol=2e-6)
-    np.testing.assert_allclose(np.asarray(qwen2.attention(q, k, v, mask, "jax"))[real], np.asarray(full)[real],
-                               atol=2e-6)
+    np.testing.assert_allclose(np.asarray(qwen2.attention(q, k, v, "jax", segment_ids_BxT=seg))[real],
+                               np.asarray(full)[real], atol=2e-6)
+    causal = jnp.broadcast_to(jnp.tril(jnp.ones((t, t), bool)), (2, t, t))
+    np.testing.assert_allclose(np.asarray(qwen2.attention(q, k, v, "einsum")),
+                               np.asarray(qwen2._einsum_attention(q, k, v, causal)), atol=2e-6)

@@ -26,7 +26,7 @@ the q/k/v and gate/up kernels are concatenated at use into one matmul each (para
 the sharding rules of interplay_jax/train/sharding.py apply unchanged).
 
 KV cache (see :func:`init_cache`): a dict of plain arrays with static shapes
-``{"k": L x [B, S, K, Dh], "v": L x [B, S, K, Dh], "valid": [B, S] bool, "pos": [B] int32,
+``{"k": L x [B, K, S, Dh], "v": L x [B, K, S, Dh], "valid": [B, S] bool, "pos": [B] int32,
 "index": [] int32}`` (k/v are tuples of per-layer arrays). ``index`` is the next slot to write
 (shared by the batch), ``pos`` the next RoPE position of each row (rows differ under left padding),
 ``valid`` marks written non-pad slots.
@@ -232,29 +232,54 @@ def causal_chunk(t: int) -> int:
     return max(64, t // 8) if t >= 128 else 0
 
 
-def attention(q, k, v, mask_BxTxS, impl: str, causal: bool = False):
-    """``causal=True`` promises that mask_BxTxS is (at most) lower-triangular with T == S;
-    ``mask_BxTxS=None`` means plain causal attention (T == S). "auto": cuDNN flash attention on GPU for
-    plain causal bf16/fp16, XLA's fused attention for other masks on GPU, einsum on CPU/TPU."""
-    if impl == "auto":
-        if jax.default_backend() == "gpu":
-            half = q.dtype in (jnp.bfloat16, jnp.float16)
-            impl = "cudnn" if (mask_BxTxS is None and half) else "jax"
-        else:
-            impl = "einsum"
-    if mask_BxTxS is None:  # plain causal attention (no document mask, no cache)
-        if impl == "cudnn":  # flash attention: ~3.5x the XLA path for paper100m on an H100
-            return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
-        if impl == "jax":
-            return jax.nn.dot_product_attention(q, k, v, is_causal=True)
-        t, s = q.shape[1], k.shape[1]
-        mask_BxTxS = jnp.broadcast_to(jnp.tril(jnp.ones((t, s), bool)), (q.shape[0], t, s))
+def resolve_impl(impl: str, dtype, masked: bool) -> str:
+    """"auto": cuDNN flash attention on GPU for plain causal bf16/fp16 (no segment ids), XLA's fused
+    attention for other cases on GPU, einsum on CPU / TPU."""
+    if impl != "auto":
+        return impl
+    if jax.default_backend() == "gpu":
+        return "cudnn" if (not masked and dtype in (jnp.bfloat16, jnp.float16)) else "jax"
+    return "einsum"
+
+
+def attention(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, impl: str, segment_ids_BxT=None):
+    """Causal self-attention over one chunk; with ``segment_ids_BxT`` a query attends only to keys of
+    its own segment and segment 0 is padding (attends nowhere; ignored as a key). Without segment ids
+    this is plain causal attention, which every backend runs as flash attention where it has one."""
+    impl = resolve_impl(impl, q_BxTxHxD.dtype, segment_ids_BxT is not None)
+    if segment_ids_BxT is None and impl in ("cudnn", "jax"):
+        # flash attention with cuDNN: ~3.5x the XLA path for paper100m on an H100
+        return jax.nn.dot_product_attention(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, is_causal=True,
+                                            implementation="cudnn" if impl == "cudnn" else None)
+    t = q_BxTxHxD.shape[1]
+    mask_BxTxT = jnp.broadcast_to(jnp.tril(jnp.ones((t, t), bool)), (q_BxTxHxD.shape[0], t, t))
+    if segment_ids_BxT is not None:
+        seg_BxT = jnp.asarray(segment_ids_BxT, jnp.int32)
+        mask_BxTxT = mask_BxTxT & (seg_BxT[:, :, None] == seg_BxT[:, None, :]) & (seg_BxT[:, None, :] != 0)
     if impl in ("jax", "cudnn"):  # an arbitrary mask: XLA's fused attention
-        return jax.nn.dot_product_attention(q, k, v, mask=mask_BxTxS[:, None, :, :])
-    chunk = causal_chunk(q.shape[1]) if causal else 0
-    if chunk and q.shape[1] > chunk:
-        return _causal_chunked_attention(q, k, v, mask_BxTxS, chunk)
-    return _einsum_attention(q, k, v, mask_BxTxS)
+        return jax.nn.dot_product_attention(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, mask=mask_BxTxT[:, None, :, :])
+    chunk = causal_chunk(t)
+    if chunk and t > chunk:
+        return _causal_chunked_attention(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, mask_BxTxT, chunk)
+    return _einsum_attention(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, mask_BxTxT)
+
+
+def cached_attention(q_BxTxHxD, k_BxKxSxD, v_BxKxSxD, mask_BxTxS):
+    """Attention of a chunk's queries over a KV cache in the [B, K, S, Dh] layout (the G query heads
+    of each KV head batched together; fp32 softmax). For decode (T = 1) on a 2-core CPU this layout is
+    ~1.8x faster than [B, S, K, Dh] at S = 512, and the cost falls with the slots read (see the
+    sampler's bounded attention)."""
+    b, t, h, dh = q_BxTxHxD.shape
+    kv = k_BxKxSxD.shape[1]
+    g = h // kv
+    q_BxKxGTxD = q_BxTxHxD.reshape(b, t, kv, g, dh).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * t, dh)
+    scores = jnp.einsum("bkqd,bksd->bkqs", q_BxKxGTxD, k_BxKxSxD, preferred_element_type=jnp.float32)
+    s = scores.shape[-1]
+    scores = scores.reshape(b, kv, g, t, s) * (1.0 / math.sqrt(dh))
+    scores = jnp.where(mask_BxTxS[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v_BxKxSxD.dtype).reshape(b, kv, g * t, s)
+    out = jnp.einsum("bkqs,bksd->bkqd", probs, v_BxKxSxD)  # [B, K, G*T, Dh]
+    return out.reshape(b, kv, g, t, dh).transpose(0, 3, 1, 2, 4).reshape(b, t, h, dh)
 
 
 def _fuse_projections() -> bool:
@@ -288,52 +313,70 @@ class DecoderLayer(nnx.Module):
         self.up_kernel = _normal(rngs, (d, f), std, pdt)
         self.down_kernel = _normal(rngs, (f, d), std, pdt)
 
-    def __call__(self, x_BxTxD, cos, sin, mask_BxTxS, kv_cache=None, cache_index=None):
-        """One block. Without a cache, keys = this chunk; with ``kv_cache=(k_BxSxKxD, v_BxSxKxD)`` the
-        chunk's k/v are written at ``cache_index`` and attention runs over all S slots.
-        Returns (x, (k_cache, v_cache) or None)."""
+    def __call__(self, x_BxTxD, cos, sin, segment_ids_BxT=None):
+        """One block over a chunk (causal self-attention, see :func:`attention`).
+        Returns (x, (k_BxTxKxD, v_BxTxKxD)): the chunk's keys and values, for a prefill to cache."""
+        q, k, v = self._qkv(x_BxTxD, cos, sin)
+        a = attention(q, k, v, self.cfg.attention, segment_ids_BxT)
+        return self._out(x_BxTxD, a), (k, v)
+
+    def decode(self, x_BxTxD, cos, sin, kv_cache, index, mask_BxTxS, attend_len: int | None = None):
+        """One block with a KV cache ``(k_BxKxSxD, v_BxKxSxD)``: the chunk's k/v are written at slot
+        ``index`` and the queries attend over the first ``attend_len`` slots (static; default all S)
+        under ``mask_BxTxS`` (its last dim is ``attend_len``). Returns (x, (k_cache, v_cache))."""
+        q, k, v = self._qkv(x_BxTxD, cos, sin)
+        k_cache, v_cache = kv_cache
+        zero = jnp.zeros((), jnp.int32)
+        start = (zero, zero, jnp.asarray(index, jnp.int32), zero)
+        k_cache = jax.lax.dynamic_update_slice(k_cache, k.transpose(0, 2, 1, 3).astype(k_cache.dtype), start)
+        v_cache = jax.lax.dynamic_update_slice(v_cache, v.transpose(0, 2, 1, 3).astype(v_cache.dtype), start)
+        n = attend_len or k_cache.shape[2]
+        dt = self.cfg.compute_dtype
+        a = cached_attention(q, k_cache[:, :, :n].astype(dt), v_cache[:, :, :n].astype(dt), mask_BxTxS)
+        return self._out(x_BxTxD, a), (k_cache, v_cache)
+
+    def _qkv(self, x_BxTxD, cos, sin):
         cfg, dt = self.cfg, self.cfg.compute_dtype
         c = lambda p: p[...].astype(dt)  # noqa: E731
         b, t, d = x_BxTxD.shape
         nh, nk, dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        fuse = _fuse_projections()
-        h = rms_norm(x_BxTxD, self.attn_norm[...], cfg.rms_norm_eps)
-        if fuse:  # one [D, (H+2K)*Dh] matmul instead of three
+        h_BxTxD = rms_norm(x_BxTxD, self.attn_norm[...], cfg.rms_norm_eps)
+        if _fuse_projections():  # one [D, (H+2K)*Dh] matmul instead of three
             w = jnp.concatenate([c(p).reshape(d, -1) for p in (self.q_kernel, self.k_kernel, self.v_kernel)], 1)
             bias = jnp.concatenate([c(p).reshape(-1) for p in (self.q_bias, self.k_bias, self.v_bias)])
-            qkv = h @ w + bias
+            qkv = h_BxTxD @ w + bias
             q = qkv[..., :nh * dh].reshape(b, t, nh, dh)
             k = qkv[..., nh * dh:(nh + nk) * dh].reshape(b, t, nk, dh)
             v = qkv[..., (nh + nk) * dh:].reshape(b, t, nk, dh)
         else:
-            q = jnp.einsum("btd,dhk->bthk", h, c(self.q_kernel)) + c(self.q_bias)
-            k = jnp.einsum("btd,dhk->bthk", h, c(self.k_kernel)) + c(self.k_bias)
-            v = jnp.einsum("btd,dhk->bthk", h, c(self.v_kernel)) + c(self.v_bias)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        new_cache = None
-        if kv_cache is not None:
-            k_cache, v_cache = kv_cache
-            zero = jnp.zeros((), jnp.int32)
-            start = (zero, jnp.asarray(cache_index, jnp.int32), zero, zero)
-            k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), start)
-            v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), start)
-            new_cache = (k_cache, v_cache)
-            k, v = k_cache.astype(dt), v_cache.astype(dt)
-        a = attention(q, k, v, mask_BxTxS, cfg.attention, causal=kv_cache is None)
-        x_BxTxD = x_BxTxD + jnp.einsum("bthk,hkd->btd", a, c(self.o_kernel))
-        h = rms_norm(x_BxTxD, self.mlp_norm[...], cfg.rms_norm_eps)
-        if fuse:  # one [D, 2F] matmul
-            gu = h @ jnp.concatenate([c(self.gate_kernel), c(self.up_kernel)], 1)
+            q = jnp.einsum("btd,dhk->bthk", h_BxTxD, c(self.q_kernel)) + c(self.q_bias)
+            k = jnp.einsum("btd,dhk->bthk", h_BxTxD, c(self.k_kernel)) + c(self.k_bias)
+            v = jnp.einsum("btd,dhk->bthk", h_BxTxD, c(self.v_kernel)) + c(self.v_bias)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def _out(self, x_BxTxD, a_BxTxHxD):
+        """The attention output projection, then the SwiGLU MLP, each with its residual."""
+        cfg, dt = self.cfg, self.cfg.compute_dtype
+        c = lambda p: p[...].astype(dt)  # noqa: E731
+        x_BxTxD = x_BxTxD + jnp.einsum("bthk,hkd->btd", a_BxTxHxD, c(self.o_kernel))
+        h_BxTxD = rms_norm(x_BxTxD, self.mlp_norm[...], cfg.rms_norm_eps)
+        if _fuse_projections():  # one [D, 2F] matmul
+            gu = h_BxTxD @ jnp.concatenate([c(self.gate_kernel), c(self.up_kernel)], 1)
             g, u = gu[..., :cfg.intermediate_size], gu[..., cfg.intermediate_size:]
         else:
-            g = jnp.einsum("btd,df->btf", h, c(self.gate_kernel))
-            u = jnp.einsum("btd,df->btf", h, c(self.up_kernel))
-        x_BxTxD = x_BxTxD + jnp.einsum("btf,fd->btd", jax.nn.silu(g) * u, c(self.down_kernel))
-        return x_BxTxD, new_cache
+            g = jnp.einsum("btd,df->btf", h_BxTxD, c(self.gate_kernel))
+            u = jnp.einsum("btd,df->btf", h_BxTxD, c(self.up_kernel))
+        return x_BxTxD + jnp.einsum("btf,fd->btd", jax.nn.silu(g) * u, c(self.down_kernel))
 
 
-def _layer_call(layer, x, cos, sin, mask):
-    return layer(x, cos, sin, mask)[0]
+def _remat_layer(layer, x_BxTxD, cos, sin, segment_ids_BxT):
+    """The layer under ``jax.checkpoint`` (activations recomputed in the backward pass), written over
+    the layer's split state so it also works inside scans and gradients of split/merged models."""
+    graphdef, state = nnx.split(layer)
+
+    def block(state, x, cos, sin, seg):
+        return nnx.merge(graphdef, state)(x, cos, sin, seg)[0]
+    return jax.checkpoint(block)(state, x_BxTxD, cos, sin, segment_ids_BxT)
 
 
 class Qwen2(nnx.Module):
@@ -354,76 +397,91 @@ class Qwen2(nnx.Module):
         """Causal attention over the chunk; with ``segment_ids_BxT`` attention stays within equal ids
         and id 0 is padding (attends nowhere, ignored as a key). Positions default to 0..T-1, or
         restart at every segment change when segment ids are given. Returns fp32 logits [B, T, V]."""
+        return self.logits(self.hidden_states(tokens_BxT, positions_BxT=positions_BxT,
+                                              segment_ids_BxT=segment_ids_BxT)[0])
+
+    def hidden_states(self, tokens_BxT, *, positions_BxT=None, segment_ids_BxT=None):
+        """The last layer's output (before the final norm) and every layer's (k, v):
+        (x_BxTxD, [(k_BxTxKxD, v_BxTxKxD)] * L). :meth:`logits` of a subset of positions is the cheap
+        way to score only some tokens (the GRPO update scores only response positions)."""
         cfg = self.cfg
         tokens_BxT = jnp.asarray(tokens_BxT, jnp.int32)
         b, t = tokens_BxT.shape
         x_BxTxD = self._embed(tokens_BxT)
-        if segment_ids_BxT is None:
-            mask_BxTxT = None  # plain causal: built (or fused, e.g. cuDNN) inside attention()
-            if positions_BxT is None:
-                positions_BxT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-        else:
-            seg_BxT = jnp.asarray(segment_ids_BxT, jnp.int32)
-            causal_1xTxT = jnp.tril(jnp.ones((t, t), bool))[None]
-            mask_BxTxT = (causal_1xTxT & (seg_BxT[:, :, None] == seg_BxT[:, None, :])
-                          & (seg_BxT[:, None, :] != 0))
-            if positions_BxT is None:
-                positions_BxT = segment_positions(seg_BxT)
+        if positions_BxT is None:
+            positions_BxT = (jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t)) if segment_ids_BxT is None
+                             else segment_positions(jnp.asarray(segment_ids_BxT, jnp.int32)))
         cos, sin = rope_tables(positions_BxT, cfg.head_dim, cfg.rope_theta)
+        kvs = []
         for layer in self.layers:
             if cfg.remat:
-                x_BxTxD = nnx.remat(_layer_call)(layer, x_BxTxD, cos, sin, mask_BxTxT)
+                x_BxTxD, kv = _remat_layer(layer, x_BxTxD, cos, sin, segment_ids_BxT), None
             else:
-                x_BxTxD = layer(x_BxTxD, cos, sin, mask_BxTxT)[0]
-        return self._logits(x_BxTxD)
+                x_BxTxD, kv = layer(x_BxTxD, cos, sin, segment_ids_BxT)
+            kvs.append(kv)
+        return x_BxTxD, kvs
 
-    def with_cache(self, tokens_BxT, cache, *, positions_BxT=None, segment_ids_BxT=None, cache_index=None):
-        """Write the chunk into ``cache`` (from :func:`init_cache`) at slot ``cache_index`` (default
-        ``cache["index"]``) and attend over every written slot: prefill a prompt with
-        ``cache_index=0`` and T = prompt length, then decode one token at a time.
-        ``segment_ids_BxT`` here only marks validity (0 = pad, e.g. left padding); positions default
-        to each row's next position (``cache["pos"]`` + valid tokens before it), so left-padded rows
-        get RoPE positions 0.. from their first real token. Returns (fp32 logits [B, T, V], new cache).
-        """
+    def logits(self, x_BxTxD):
+        """Final norm and the (tied) output projection: fp32 logits [..., V]."""
+        cfg = self.cfg
+        h = rms_norm(x_BxTxD, self.final_norm[...], cfg.rms_norm_eps)
+        w = self.embed[...] if cfg.tie_embeddings else self.lm_head[...].T
+        return jnp.einsum("...d,vd->...v", h, w.astype(h.dtype), preferred_element_type=jnp.float32)
+
+    def prefill(self, tokens_BxL, lengths_B, cache_len: int, cache_dtype=None):
+        """Prefill RIGHT-padded prompts (row i holds ``lengths_B[i]`` tokens, then padding) with plain
+        causal attention (flash attention where the backend has it: padding only follows the real
+        tokens, so no mask is needed) and build a KV cache of ``cache_len`` >= L slots from their
+        keys and values. Returns (fp32 logits [B, V] at each row's last prompt token, cache) with
+        ``cache["index"] = L``: decoding writes slot L, L+1, ... for every row; each row's RoPE
+        position continues from its own length, and the padding slots stay invalid."""
+        b, length = tokens_BxL.shape
+        x_BxLxD, kvs = self.hidden_states(tokens_BxL)
+        lengths_B = jnp.asarray(lengths_B, jnp.int32)
+        last_BxD = jnp.take_along_axis(x_BxLxD, (lengths_B - 1)[:, None, None], axis=1)[:, 0]
+        dtype = jnp.dtype(cache_dtype or self.cfg.dtype)
+        grow = [(0, 0), (0, 0), (0, cache_len - length), (0, 0)]
+        as_cache = lambda a: jnp.pad(a.transpose(0, 2, 1, 3).astype(dtype), grow)  # noqa: E731
+        cache = dict(k=tuple(as_cache(k) for k, _ in kvs), v=tuple(as_cache(v) for _, v in kvs),
+                     valid=jnp.arange(cache_len, dtype=jnp.int32)[None, :] < lengths_B[:, None],
+                     pos=lengths_B, index=jnp.asarray(length, jnp.int32))
+        return self.logits(last_BxD), cache
+
+    def with_cache(self, tokens_BxT, cache, *, positions_BxT=None, segment_ids_BxT=None, cache_index=None,
+                   attend_len: int | None = None):
+        """Write the chunk into ``cache`` (from :func:`init_cache` or :meth:`prefill`) at slot
+        ``cache_index`` (default ``cache["index"]``) and attend over every written valid slot among
+        the first ``attend_len`` (static; default all; the caller guarantees the written slots lie
+        below it). ``segment_ids_BxT`` here only marks validity (0 = pad, e.g. left padding);
+        positions default to each row's next position (``cache["pos"]`` + valid tokens before it).
+        Returns (fp32 logits [B, T, V], new cache)."""
         cfg = self.cfg
         tokens_BxT = jnp.asarray(tokens_BxT, jnp.int32)
         b, t = tokens_BxT.shape
         x_BxTxD = self._embed(tokens_BxT)
-        s = cache["k"][0].shape[1]
+        s = cache["k"][0].shape[2]
+        n = attend_len or s
         index = cache["index"] if cache_index is None else jnp.asarray(cache_index, jnp.int32)
-        if segment_ids_BxT is None:
-            new_valid_BxT = jnp.ones((b, t), bool)
-        else:
-            new_valid_BxT = jnp.asarray(segment_ids_BxT) != 0
+        new_valid_BxT = jnp.ones((b, t), bool) if segment_ids_BxT is None else jnp.asarray(segment_ids_BxT) != 0
         if positions_BxT is None:
             positions_BxT = cache["pos"][:, None] + jnp.cumsum(new_valid_BxT, axis=1, dtype=jnp.int32) - 1
             positions_BxT = jnp.maximum(positions_BxT, 0)
         valid_BxS = jax.lax.dynamic_update_slice(cache["valid"], new_valid_BxT, (jnp.zeros((), jnp.int32), index))
-        slots_S = jnp.arange(s, dtype=jnp.int32)
         q_slots_T = index + jnp.arange(t, dtype=jnp.int32)
-        mask_BxTxS = valid_BxS[:, None, :] & (slots_S[None, None, :] <= q_slots_T[None, :, None])
+        mask_BxTxN = valid_BxS[:, None, :n] & (jnp.arange(n, dtype=jnp.int32)[None, None, :] <= q_slots_T[None, :, None])
         cos, sin = rope_tables(positions_BxT, cfg.head_dim, cfg.rope_theta)
         ks, vs = [], []
         for i, layer in enumerate(self.layers):
-            x_BxTxD, (k_i, v_i) = layer(x_BxTxD, cos, sin, mask_BxTxS, kv_cache=(cache["k"][i], cache["v"][i]),
-                                        cache_index=index)
+            x_BxTxD, (k_i, v_i) = layer.decode(x_BxTxD, cos, sin, (cache["k"][i], cache["v"][i]), index, mask_BxTxN,
+                                               attend_len=n)
             ks.append(k_i)
             vs.append(v_i)
         new_cache = dict(k=tuple(ks), v=tuple(vs), valid=valid_BxS,
                          pos=cache["pos"] + jnp.sum(new_valid_BxT, axis=1, dtype=jnp.int32), index=index + t)
-        return self._logits(x_BxTxD), new_cache
+        return self.logits(x_BxTxD), new_cache
 
     def _embed(self, tokens_BxT):
         return jnp.take(self.embed[...], tokens_BxT, axis=0).astype(self.cfg.compute_dtype)
-
-    def _logits(self, x_BxTxD):
-        cfg = self.cfg
-        h_BxTxD = rms_norm(x_BxTxD, self.final_norm[...], cfg.rms_norm_eps)
-        if cfg.tie_embeddings:
-            w_VxD = self.embed[...].astype(h_BxTxD.dtype)
-            return jnp.einsum("btd,vd->btv", h_BxTxD, w_VxD, preferred_element_type=jnp.float32)
-        return jnp.einsum("btd,dv->btv", h_BxTxD, self.lm_head[...].astype(h_BxTxD.dtype),
-                          preferred_element_type=jnp.float32)
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -431,10 +489,10 @@ class Qwen2(nnx.Module):
 
 def init_cache(cfg: ModelConfig, batch_size: int, max_len: int, dtype=None) -> dict:
     """An empty KV cache (layout in the module docstring); dtype defaults to cfg.dtype. K/V are
-    tuples of per-layer arrays [B, S, K, Dh]: inside a ``lax.while_loop`` decode XLA updates each
+    tuples of per-layer arrays [B, K, S, Dh]: inside a ``lax.while_loop`` decode XLA updates each
     layer in place (a stacked [L, ...] array would be re-stacked every token: ~3x slower on CPU)."""
     dtype = jnp.dtype(dtype or cfg.dtype)
-    shape = (batch_size, max_len, cfg.num_kv_heads, cfg.head_dim)
+    shape = (batch_size, cfg.num_kv_heads, max_len, cfg.head_dim)
     kv = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))  # noqa: E731
     return dict(k=kv(), v=kv(), valid=jnp.zeros((batch_size, max_len), bool),
                 pos=jnp.zeros((batch_size,), jnp.int32), index=jnp.zeros((), jnp.int32))

@@ -1,8 +1,10 @@
 """GRPO losses and the pure, jitted GRPO update step (docs/budgets.md "RL").
 
-Shapes use suffixes: N rollouts (= prompts × n), T tokens (left-padded prompt + response), V vocab.
-Per-token quantities are *aligned with the tokens*: ``logp_NxT[:, t]`` is log p(tokens[:, t] | tokens[:, <t])
-(column 0 is 0 and never counted), so one ``response_mask_NxT`` selects the tokens that are trained on.
+Shapes use suffixes: N rollouts (= prompts × n), T tokens of a row (prompt, response, padding:
+right-aligned, so plain causal attention is exact and runs as flash attention), R response tokens
+(the sampler's max_new_tokens), V vocab. Per-token quantities are *response-major*: ``logp_NxR[:, j]``
+is log p(response token j | prompt, response tokens < j), and ``response_mask_NxR`` selects the ones
+that are trained on; logits are computed only at those R positions (see :func:`response_logprobs`).
 
 Pieces (all pure functions on arrays):
 - :func:`group_advantages`: A_i = (r_i − mean_g) / (std_g + 1e-6) per group of n rollouts (unbiased std);
@@ -11,14 +13,14 @@ Pieces (all pure functions on arrays):
   "dr_grpo") written as per-token weights that sum the loss exactly, so micro-batching is exact.
 - :func:`policy_loss_terms`: PPO clipped ratio (ε) with dual clip c for negative advantages.
 - :func:`kl_k3`: exp(ref − logp) − (ref − logp) − 1.
-- :func:`grpo_loss`: the whole objective from logits.
-- :func:`make_grpo_step`: ``step(state, rollouts) -> (state, metrics)``: old log-probs from the current
-  params, then ``num_minibatches`` sequential optimizer updates in one ``lax.scan`` (one pass).
+- :func:`grpo_loss_from_logprobs`: the whole objective from the policy's log-probs.
+- :func:`make_grpo_step`: ``step(state, rollouts) -> (state, metrics)``: old log-probs from the sampler
+  or the current params, then ``num_minibatches`` sequential optimizer updates in one ``lax.scan``.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -76,14 +78,14 @@ def group_advantages(rewards_N, n: int, *, std_normalize: bool = True, eps: floa
 # ------------------------------------------------------------------------------------------ aggregation
 
 
-def token_weights(response_mask_NxT, loss_agg: str = "token-mean", dr_grpo_constant: float = 1024.0):
+def token_weights(response_mask_NxR, loss_agg: str = "token-mean", dr_grpo_constant: float = 1024.0):
     """Per-token weights w with loss = Σ w · per_token_loss, over one mini-batch.
 
     token-mean: 1 / (response tokens in the mini-batch); seq-mean-token-mean: 1 / (len_i · N);
     dr_grpo: 1 / (constant · N). N counts the rows that have a response token; padding rows
     (all-zero mask, used to keep shapes static) get weight 0 and do not count.
     """
-    m = response_mask_NxT.astype(jnp.float32)
+    m = response_mask_NxR.astype(jnp.float32)
     n_seq = jnp.maximum(jnp.sum(m.sum(axis=1) > 0), 1)  # padding rows (no response) do not count
     if loss_agg == "token-mean":
         return m / jnp.maximum(m.sum(), 1.0)
@@ -95,15 +97,6 @@ def token_weights(response_mask_NxT, loss_agg: str = "token-mean", dr_grpo_const
 
 
 # ------------------------------------------------------------------------------------- per-token terms
-
-
-def shifted_logprobs(logits_NxTxV, tokens_NxT, temperature: float = 1.0):
-    """log p(tokens[t] | tokens[<t]) aligned with the tokens (column 0 = 0) and the entropy of the
-    predicting distribution at each position (column 0 = 0). Both [N, T] float32."""
-    logp_NxT1, entropy_NxT1 = token_logprobs(logits_NxTxV[:, :-1], tokens_NxT[:, 1:], temperature=temperature,
-                                             with_entropy=True)
-    pad_Nx1 = jnp.zeros((logp_NxT1.shape[0], 1), jnp.float32)
-    return jnp.concatenate([pad_Nx1, logp_NxT1], axis=1), jnp.concatenate([pad_Nx1, entropy_NxT1], axis=1)
 
 
 def policy_loss_terms(logp, old_logp, adv, clip_eps: float = 0.2, dual_clip: float = 3.0):
@@ -133,33 +126,35 @@ def kl_k3(logp, ref_logp):
     return jnp.exp(d) - d - 1.0
 
 
-def grpo_loss_from_logprobs(logp_NxT, entropy_NxT, batch, weights_NxT, cfg: GRPOConfig):
+def grpo_loss_from_logprobs(logp_NxR, entropy_NxR, batch, weights_NxR, cfg: GRPOConfig):
     """The GRPO objective given the policy's log-probs; returns (loss, aux metrics dict).
 
-    ``batch`` holds old_logprobs [N, T], advantages [N], response_mask [N, T] and, when
-    ``cfg.kl_coef > 0``, ref_logprobs [N, T]. Metric sums are weighted by ``weights_NxT`` (so they add
+    ``batch`` holds old_logprobs [N, R], advantages [N], response_mask [N, R] and, when
+    ``cfg.kl_coef > 0``, ref_logprobs [N, R]. Metric sums are weighted by ``weights_NxR`` (so they add
     up exactly over micro-batches); the plain token counts are returned for token-averaged metrics.
     """
     mask = batch["response_mask"].astype(jnp.float32)
     adv = batch["advantages"].astype(jnp.float32)[:, None]
-    pg, clipped, dual = policy_loss_terms(logp_NxT, batch["old_logprobs"], adv, cfg.clip_eps, cfg.dual_clip)
-    pg_loss = jnp.sum(weights_NxT * pg)
+    pg, clipped, dual = policy_loss_terms(logp_NxR, batch["old_logprobs"], adv, cfg.clip_eps, cfg.dual_clip)
+    pg_loss = jnp.sum(weights_NxR * pg)
     loss = pg_loss
     aux = {"pg_loss": pg_loss}
     if cfg.kl_coef > 0:
-        kl = kl_k3(logp_NxT, batch["ref_logprobs"])
-        kl_loss = jnp.sum(weights_NxT * kl)
+        kl = kl_k3(logp_NxR, batch["ref_logprobs"])
+        kl_loss = jnp.sum(weights_NxR * kl)
         loss = loss + cfg.kl_coef * kl_loss
         aux["kl"] = kl_loss
         aux["kl_tokensum"] = jnp.sum(mask * kl)
-    ent_loss = jnp.sum(weights_NxT * entropy_NxT)
+    ratio = jnp.exp(logp_NxR - batch["old_logprobs"])
+    ent_loss = jnp.sum(weights_NxR * entropy_NxR)
     if cfg.entropy_coef != 0:
         loss = loss - cfg.entropy_coef * ent_loss
     aux.update(
-        entropy_tokensum=jnp.sum(mask * entropy_NxT),
+        entropy_tokensum=jnp.sum(mask * entropy_NxR),
         clipfrac_tokensum=jnp.sum(mask * clipped),
         dualclip_tokensum=jnp.sum(mask * dual),
-        ratio_tokensum=jnp.sum(mask * jnp.exp(logp_NxT - batch["old_logprobs"])),
+        ratio_tokensum=jnp.sum(mask * ratio),
+        ratio_dev_tokensum=jnp.sum(mask * jnp.abs(jax.lax.stop_gradient(ratio) - 1.0)),
         tokens=jnp.sum(mask),
     )
     aux["loss"] = loss
@@ -169,13 +164,22 @@ def grpo_loss_from_logprobs(logp_NxT, entropy_NxT, batch, weights_NxT, cfg: GRPO
 # ------------------------------------------------------------------------------------------ model glue
 
 
-def assemble_rollouts(prompts, response_tokens_NxR, lengths_N, prompt_index_N, *, prompt_len: int,
-                      pad_id: int = 1, num_rows: int | None = None) -> dict:
-    """Numpy rollout batch for :func:`make_grpo_step` from sampler output.
+def update_lengths(max_len: int, n: int = 4, multiple: int = 128) -> tuple[int, ...]:
+    """The few padded row lengths of the update (each compiles once): ``max_len`` split into ``n``
+    steps, rounded up to a multiple of ``multiple`` (and never above ``max_len``)."""
+    out = {min(max_len, -(-(max_len * k // n) // multiple) * multiple) for k in range(1, n + 1)}
+    return tuple(sorted(out))
 
-    Row r = prompt ``prompts[prompt_index_N[r]]`` left-padded to ``prompt_len`` followed by its first
-    ``lengths_N[r]`` response tokens (right-padded to R). Returns tokens, valid_mask, response_mask
-    ([num_rows, prompt_len + R]); rows beyond N (up to ``num_rows``) are all padding (masks 0), so the
+
+def assemble_rollouts(prompts, response_tokens_NxR, lengths_N, prompt_index_N, *, seq_len: int,
+                      pad_id: int = 1, num_rows: int | None = None) -> dict:
+    """Numpy rollout batch for :func:`make_grpo_step` from sampler output, RIGHT-aligned.
+
+    Row r = prompt ``prompts[prompt_index_N[r]]``, then its first ``lengths_N[r]`` response tokens,
+    then ``pad_id`` up to ``seq_len`` (positions 0..T-1, plain causal attention is exact: padding only
+    follows the real tokens). Returns ``tokens`` [rows, seq_len], ``prompt_lens`` [rows] and
+    ``response_mask`` [rows, R] (R = the sampler's max_new_tokens: response token j of row r is
+    ``tokens[r, prompt_lens[r] + j]``). Rows beyond N (up to ``num_rows``) are padding (mask 0), so the
     step keeps one static shape when prompts were filtered out.
     """
     resp = np.asarray(response_tokens_NxR, np.int32)
@@ -183,62 +187,60 @@ def assemble_rollouts(prompts, response_tokens_NxR, lengths_N, prompt_index_N, *
     rows = n if num_rows is None else num_rows
     if rows < n:
         raise ValueError(f"num_rows={rows} < {n} rollouts")
-    tokens = np.full((rows, prompt_len + r), pad_id, np.int32)
-    valid = np.zeros((rows, prompt_len + r), np.int32)
-    response = np.zeros((rows, prompt_len + r), np.int32)
+    tokens = np.full((rows, seq_len), pad_id, np.int32)
+    prompt_lens = np.ones((rows,), np.int32)
+    response = np.zeros((rows, r), np.int32)
     for i in range(n):
         p = list(prompts[int(prompt_index_N[i])])
-        if len(p) > prompt_len:
-            raise ValueError(f"prompt of {len(p)} tokens exceeds prompt_len={prompt_len}")
         length = int(lengths_N[i])
-        tokens[i, prompt_len - len(p):prompt_len] = p
-        tokens[i, prompt_len:prompt_len + length] = resp[i, :length]
-        valid[i, prompt_len - len(p):prompt_len + length] = 1
-        response[i, prompt_len:prompt_len + length] = 1
-    return {"tokens": tokens, "valid_mask": valid, "response_mask": response}
+        if len(p) + length > seq_len:
+            raise ValueError(f"prompt of {len(p)} + response of {length} tokens exceed seq_len={seq_len}")
+        tokens[i, :len(p)] = p
+        tokens[i, len(p):len(p) + length] = resp[i, :length]
+        prompt_lens[i] = len(p)
+        response[i, :length] = 1
+    return {"tokens": tokens, "prompt_lens": prompt_lens, "response_mask": response}
 
 
-def positions_and_segments(valid_NxT):
-    """Positions counted from each row's first real token (left padding) and segment ids
-    (1 = real token, 0 = padding), the inputs the model and sampler use for left-padded rows."""
-    v = valid_NxT.astype(jnp.int32)
-    positions = jnp.maximum(jnp.cumsum(v, axis=1) - 1, 0)
-    return positions, v
-
-
-def _forward_logprobs(graphdef, params, batch, temperature):
+def response_logprobs(graphdef, params, batch, temperature: float = 1.0):
+    """log p(response token j | everything before it) and the entropy of each predicting distribution,
+    both [N, R] fp32, from one plain-causal forward of the right-aligned rows. Logits are computed
+    only at the R positions that predict response tokens (the prompt's positions cost no logits)."""
     model = nnx.merge(graphdef, params)
-    positions_NxT, segments_NxT = positions_and_segments(batch["valid_mask"])
-    logits_NxTxV = model(batch["tokens"], positions_BxT=positions_NxT, segment_ids_BxT=segments_NxT)
-    return shifted_logprobs(logits_NxTxV, batch["tokens"], temperature)
+    tokens_NxT = batch["tokens"]
+    t, r = tokens_NxT.shape[1], batch["response_mask"].shape[1]
+    x_NxTxD, _ = model.hidden_states(tokens_NxT)
+    pred_NxR = jnp.clip(batch["prompt_lens"][:, None] - 1 + jnp.arange(r, dtype=jnp.int32)[None, :], 0, t - 1)
+    h_NxRxD = jnp.take_along_axis(x_NxTxD, pred_NxR[..., None], axis=1)
+    targets_NxR = jnp.take_along_axis(tokens_NxT, jnp.minimum(pred_NxR + 1, t - 1), axis=1)
+    return token_logprobs(model.logits(h_NxRxD), targets_NxR, temperature=temperature, with_entropy=True)
 
 
-def _logprobs(graphdef, params, tokens_NxT, valid_NxT, temperature, micro_batch_size):
-    batch = {"tokens": tokens_NxT, "valid_mask": valid_NxT}
-    n = tokens_NxT.shape[0]
+def _logprobs(graphdef, params, batch, temperature, micro_batch_size):
+    """Response log-probs of every row, ``micro_batch_size`` rows at a time (no gradient)."""
+    batch = {k: batch[k] for k in ("tokens", "prompt_lens", "response_mask")}
+    n = batch["tokens"].shape[0]
     mb = micro_batch_size or n
     if mb >= n:
-        return _forward_logprobs(graphdef, params, batch, temperature)[0]
+        return response_logprobs(graphdef, params, batch, temperature)[0]
 
     def body(_, micro):
-        return None, _forward_logprobs(graphdef, params, micro, temperature)[0]
+        return None, response_logprobs(graphdef, params, micro, temperature)[0]
     _, out = jax.lax.scan(body, None, split_rows(batch, n // mb))
     return unsplit_rows(out)
 
 
 def make_logprob_fn(graphdef, *, temperature: float = 1.0, micro_batch_size: int | None = None,
                     mesh=None, param_shardings=None, batch_sharding=None) -> Callable:
-    """Jitted ``logprobs(params, tokens_NxT, valid_NxT) -> logp_NxT`` (no gradient; aligned with the
-    tokens), run over micro-batches of ``micro_batch_size`` rows (all rows at once when None).
-    Used for the frozen reference policy's log-probs."""
+    """Jitted ``logprobs(params, rollouts) -> logp_NxR`` (no gradient), ``micro_batch_size`` rows at a
+    time (all at once when None): the frozen reference policy's log-probs."""
 
-    def fn(params, tokens, valid):
-        return _logprobs(graphdef, params, tokens, valid, temperature, micro_batch_size)
+    def fn(params, rollouts):
+        return _logprobs(graphdef, params, rollouts, temperature, micro_batch_size)
 
     if mesh is None:
         return jax.jit(fn)
-    return jax.jit(fn, in_shardings=(param_shardings, batch_sharding, batch_sharding),
-                   out_shardings=batch_sharding)
+    return jax.jit(fn, in_shardings=(param_shardings, batch_sharding), out_shardings=batch_sharding)
 
 
 def _get(state, name):
@@ -257,27 +259,29 @@ def make_grpo_step(graphdef, tx: optax.GradientTransformation, cfg: GRPOConfig =
     """Build the jitted GRPO update ``step(state, rollouts) -> (state, metrics)``.
 
     ``state`` has ``step``, ``params`` (nnx.Param state of ``graphdef``) and ``opt_state`` (a dict or a
-    struct with ``.replace``). ``rollouts`` is a dict of arrays with N rows (N divisible by
+    struct with ``.replace``). ``rollouts`` (see :func:`assemble_rollouts`; N rows divisible by
     ``num_minibatches`` and, within a mini-batch, by ``micro_batch_size``):
-      tokens [N, T] int32 — left-padded prompt + response (padding after the response is fine);
-      valid_mask [N, T] — 1 on real tokens (prompt and response), 0 on padding;
-      response_mask [N, T] — 1 on the generated tokens that are trained on;
+      tokens [N, T] int32 — prompt, response, then padding (right-aligned);
+      prompt_lens [N] int32; response_mask [N, R] — 1 on the response tokens that are trained on;
       advantages [N] float32;
-      ref_logprobs [N, T] float32 — required when ``cfg.kl_coef > 0`` (see :func:`make_logprob_fn`).
-    Mini-batch j takes rows j, j+k, j+2k, ... (k = num_minibatches; strided so a row-sharded batch stays
-    sharded); advantages are computed before the step, so how groups fall into mini-batches does not
-    change the objective.
-
-    Old log-probs come from a forward pass with the current params at the start of the step (so the
-    ratio is 1 on the first mini-batch), then ``num_minibatches`` optimizer updates run in order in one
-    ``lax.scan``. Each mini-batch may be split into micro-batches whose gradients are summed exactly
-    (the aggregation weights are computed over the whole mini-batch).
+      old_logprobs [N, R] float32 — optional: the sampler's log-probs of the rollouts; without it the
+        step computes them with a forward pass of the current params first (ratio exactly 1 on the
+        first mini-batch);
+      ref_logprobs [N, R] float32 and ref_is_old [N] bool — when ``cfg.kl_coef > 0``; rows with
+        ``ref_is_old`` (the first RL step, whose policy IS the reference) use the old log-probs as
+        reference, so the reference forward can be skipped then.
+    Mini-batch j takes rows j, j+k, j+2k, ... (k = num_minibatches; strided so a row-sharded batch
+    stays sharded); advantages are computed before the step, so how groups fall into mini-batches does
+    not change the objective. ``num_minibatches`` optimizer updates run in order in one ``lax.scan``;
+    each mini-batch's gradient is accumulated over micro-batches exactly (the aggregation weights are
+    computed over the whole mini-batch).
     Metrics: loss, pg_loss, kl, entropy, clip_frac, dual_clip_frac, ratio_mean (token-averaged over the
-    step), grad_norm (mean over mini-batches), response_tokens.
+    step), first_ratio_dev (mean |ratio - 1| on the first mini-batch: 0 with recomputed old log-probs,
+    the sampler-vs-forward deviation otherwise), grad_norm (mean over mini-batches), response_tokens.
     """
     def micro_loss(params, micro):
-        logp_NxT, ent_NxT = _forward_logprobs(graphdef, params, micro, cfg.temperature)
-        return grpo_loss_from_logprobs(logp_NxT, ent_NxT, micro, micro["weights"], cfg)
+        logp_NxR, ent_NxR = response_logprobs(graphdef, params, micro, cfg.temperature)
+        return grpo_loss_from_logprobs(logp_NxR, ent_NxR, micro, micro["weights"], cfg)
 
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 
@@ -287,11 +291,15 @@ def make_grpo_step(graphdef, tx: optax.GradientTransformation, cfg: GRPOConfig =
 
     def step(state, rollouts):
         params = _get(state, "params")
-        batch = {k: rollouts[k] for k in ("tokens", "valid_mask", "response_mask", "advantages")}
+        batch = {k: rollouts[k] for k in ("tokens", "prompt_lens", "response_mask", "advantages")}
+        if "old_logprobs" in rollouts:
+            batch["old_logprobs"] = rollouts["old_logprobs"].astype(jnp.float32)
+        else:
+            batch["old_logprobs"] = jax.lax.stop_gradient(
+                _logprobs(graphdef, params, batch, cfg.temperature, micro_batch_size))
         if cfg.kl_coef > 0:
-            batch["ref_logprobs"] = rollouts["ref_logprobs"].astype(jnp.float32)
-        batch["old_logprobs"] = jax.lax.stop_gradient(_logprobs(
-            graphdef, params, batch["tokens"], batch["valid_mask"], cfg.temperature, micro_batch_size))
+            batch["ref_logprobs"] = jnp.where(rollouts["ref_is_old"][:, None], batch["old_logprobs"],
+                                              rollouts["ref_logprobs"].astype(jnp.float32))
         minis = split_rows(batch, num_minibatches)
         minis["weights"] = jax.vmap(lambda m: token_weights(m, cfg.loss_agg, cfg.dr_grpo_constant))(
             minis["response_mask"])
@@ -315,6 +323,7 @@ def make_grpo_step(graphdef, tx: optax.GradientTransformation, cfg: GRPOConfig =
             "clip_frac": auxs["clipfrac_tokensum"].sum() / tokens,
             "dual_clip_frac": auxs["dualclip_tokensum"].sum() / tokens,
             "ratio_mean": auxs["ratio_tokensum"].sum() / tokens,
+            "first_ratio_dev": auxs["ratio_dev_tokensum"][0] / jnp.maximum(auxs["tokens"][0], 1.0),
             "grad_norm": auxs["grad_norm"].mean(),
             "response_tokens": auxs["tokens"].sum(),
         }

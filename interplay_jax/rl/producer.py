@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from interplay_jax.rl import grpo
-from interplay_jax.sampling.padding import DEFAULT_BUCKETS, bucket_length
+from interplay_jax.sampling.padding import DEFAULT_BUCKETS
 from interplay_jax.sampling.rollouts import rollout
 from interplay_jax.sampling.sampler import Sampler
 from interplay_jax.task.verify import verify
@@ -38,6 +38,8 @@ class RolloutSettings:
     batch_prompts: int = 0            # prompts per sampler call (0: all at once)
     std_normalize: bool = True        # GRPO advantages (False: Dr.GRPO's r - mean)
     prompt_buckets: tuple = DEFAULT_BUCKETS
+    decode_chunk: int = 0             # decode steps per chunk (0: one chunk; see the sampler)
+    old_logprobs: str = "recompute"   # "recompute" (a forward in the update) | "sampler" (the rollouts')
 
     @classmethod
     def from_config(cls, config) -> "RolloutSettings":
@@ -46,7 +48,9 @@ class RolloutSettings:
         return cls(num_prompts=int(r.num_prompts), n=int(r.n), max_prompt_len=int(r.max_prompt_len),
                    max_response_len=int(r.max_response_len), temperature=float(r.temperature),
                    top_p=float(r.top_p), top_k=int(r.top_k), batch_prompts=int(r.rollout_batch_prompts or 0),
-                   std_normalize=bool(config.grpo.std_normalize), prompt_buckets=buckets or DEFAULT_BUCKETS)
+                   std_normalize=bool(config.grpo.std_normalize), prompt_buckets=buckets or DEFAULT_BUCKETS,
+                   decode_chunk=int(r.get("decode_chunk", 0) or 0),
+                   old_logprobs=str(config.grpo.get("old_logprobs", "recompute")))
 
 
 class RolloutProducer:
@@ -63,8 +67,10 @@ class RolloutProducer:
         self.ref_params = ref_params
         self.logprob_fn = logprob_fn
         self.samples_path = samples_path
-        self.sampler = Sampler(graphdef, model_cfg, pad_id=tokenizer.pad_id, prompt_buckets=settings.prompt_buckets)
+        self.sampler = Sampler(graphdef, model_cfg, pad_id=tokenizer.pad_id, prompt_buckets=settings.prompt_buckets,
+                               decode_chunk=settings.decode_chunk)
         self.rows = settings.num_prompts * settings.n
+        self.seq_lens = grpo.update_lengths(settings.max_prompt_len + settings.max_response_len)
         self.filtered_total = 0
 
     def __call__(self, state, step: int):
@@ -86,14 +92,23 @@ class RolloutProducer:
         rewards_N = np.array([self.reward.from_verdict(v) for v in verdicts], np.float32)
         adv_N = grpo.group_advantages(rewards_N, s.n, std_normalize=s.std_normalize) if len(rewards_N) else rewards_N
         kept_prompts = [prompt_ids[i] for i in kept]
-        p_len = bucket_length(max((len(p) for p in kept_prompts), default=1), s.prompt_buckets)
-        batch = grpo.assemble_rollouts(kept_prompts, res.tokens, res.lengths, res.prompt_index, prompt_len=p_len,
+        longest = max((len(kept_prompts[int(i)]) + int(n) for i, n in zip(res.prompt_index, res.lengths)), default=1)
+        seq_len = next(t for t in self.seq_lens if t >= longest)
+        batch = grpo.assemble_rollouts(kept_prompts, res.tokens, res.lengths, res.prompt_index, seq_len=seq_len,
                                        pad_id=self.tokenizer.pad_id, num_rows=self.rows)
         batch["advantages"] = np.zeros((self.rows,), np.float32)
         batch["advantages"][:len(adv_N)] = adv_N
+        if s.old_logprobs == "sampler":
+            batch["old_logprobs"] = np.zeros((self.rows, s.max_response_len), np.float32)
+            batch["old_logprobs"][:len(res.logprobs)] = res.logprobs
         batch = shd.make_global_batch(batch, self.mesh)
         if self.ref_params is not None:
-            batch["ref_logprobs"] = self.logprob_fn(self.ref_params, batch["tokens"], batch["valid_mask"])
+            # the first step's policy is the reference: its log-probs are the old ones (no forward)
+            first = step == 0
+            batch["ref_is_old"] = shd.make_global_batch(np.full((self.rows,), first), self.mesh)
+            batch["ref_logprobs"] = (shd.make_global_batch(np.zeros((self.rows, s.max_response_len), np.float32),
+                                                           self.mesh) if first else
+                                     self.logprob_fn(self.ref_params, batch))
         t_score = time.perf_counter() - t0 - t_sample
 
         host = self._metrics(res, verdicts, rewards_N, kept_prompts, out.num_filtered, t_sample, t_score)

@@ -1,30 +1,32 @@
-"""KV-cache sampling: a jitted prefill + ``lax.while_loop`` decode with static shapes.
+"""KV-cache sampling: a flash-attention prefill, then decode in chunks that read only written slots
+and drop finished rows.
 
 Used by RL (GRPO rollouts) and evaluation (n samples per prompt).
 
-* Prompts are LEFT-padded to a length bucket (powers of two by default, so a run compiles a few
-  times, not per batch); the number of prompts is padded to a power of two as well (padding rows
-  start ``done`` and are dropped from the result).
-* Each prompt is tiled ``n`` times; row ``r`` of the result belongs to prompt ``r // n``.
-* Decoding: temperature, top-k, top-p (nucleus), or greedy (``temperature=0``). A row stops after
-  emitting any id of ``stop_ids`` (EOS, ``</answer>``...); the stop token is kept and counted in
-  ``lengths``. A row that never stops is cut at ``max_new_tokens`` (``done`` stays False).
+* Prompts are RIGHT-padded to a length bucket L (so a run compiles a few times, not per batch) and
+  prefilled with plain causal attention (flash attention on GPU: padding only follows the real
+  tokens); the number of prompts is padded to a power of two (padding rows start ``done``). Each
+  prompt is tiled ``n`` times; row ``r`` of the result belongs to prompt ``r // n``.
+* Decoding runs in chunks of ``decode_chunk`` steps (0: one chunk of ``max_new_tokens``): chunk c
+  attends over the first L + (c+1)·chunk cache slots only (the ones written so far), and between
+  chunks the rows still running are gathered into the smallest power-of-two batch that holds them
+  (at least ``min_rows``), so finished rows stop costing compute. Each (rows, slots) shape compiles
+  once per run.
+* Sampling: temperature, top-k, top-p (nucleus), or greedy (``temperature=0``); one uniform number
+  per row and step by inverse CDF, keyed by ``fold_in(fold_in(key, step), row)``: a row's samples do
+  not depend on which other rows share its batch (so chunking and compaction do not change them).
+  A row stops after emitting any id of ``stop_ids`` (EOS, ``</answer>``...); the stop token is kept
+  and counted in ``lengths``. A row that never stops is cut at ``max_new_tokens`` (``done`` False).
 * ``logprobs[r, t]`` is the log-softmax of the RAW logits (temperature 1, no top-k/top-p) at the
-  sampled token, i.e. the log-probability under the sampling-time policy as GRPO's "old" policy
-  uses it (the study samples RL rollouts at T = 1, top-p 1, where both coincide). Positions after
-  the end hold ``pad_id`` and logprob 0.
-* The RNG key is an argument: decode step ``t`` uses ``fold_in(key, t)``, so a resumed RL run that
-  derives the key from its step samples the same rollouts.
-
-The model contract (interplay_jax.model.qwen2): ``model.with_cache(tokens, cache, segment_ids_BxT=valid,
-cache_index=0)`` prefills a left-padded chunk (segment id 0 = pad) and ``model.with_cache(tok_Bx1,
-cache)`` decodes one token; both return (fp32 logits, new cache). The prefill runs on a
-prompt-sized cache that is then padded by ``max_new_tokens`` slots.
+  sampled token: the log-probability under the sampling-time policy as GRPO's "old" policy uses it
+  (the study samples RL rollouts at T = 1, top-p 1, where both coincide). After the end: ``pad_id``
+  and logprob 0.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Sequence
 
 import jax
@@ -33,11 +35,10 @@ import numpy as np
 from flax import nnx, struct
 
 from interplay_jax.model.logprobs import token_logprobs
-from interplay_jax.model.qwen2 import init_cache
 from interplay_jax.sampling.padding import DEFAULT_BUCKETS, bucket_length, next_pow2, pad
 
-_SHARED_JIT: dict = {}  # (graphdef, cfg, cache dtype) -> {settings: jitted fn}, shared by Samplers
-_TRACES: dict = {}      # (shared key, settings) -> times traced (compiled) so far
+_SHARED_JIT: dict = {}  # (graphdef, cfg, cache dtype) -> {(kind, static settings): jitted fn}
+_TRACES: dict = {}      # (shared key, fn key) -> times traced (compiled) so far
 
 
 @dataclasses.dataclass
@@ -60,15 +61,16 @@ class SampleResult:
 
 @struct.dataclass
 class DecodeState:
-    """The ``lax.while_loop`` carry of the decode (B = prompts x n rows, R = max_new_tokens)."""
+    """The decode carry (B rows in the current batch, C steps per chunk)."""
 
-    step: jax.Array            # []             int32, next column of tokens / logprobs to write
+    step: jax.Array            # []             int32, the next token's index in the response
     logits_BxV: jax.Array      # [B, V]         fp32, logits predicting each row's next token
-    cache: dict                # KV cache: k/v L x [B, S, K, Dh], valid [B, S], pos [B], index []
-    tokens_BxR: jax.Array      # [B, R]         int32, sampled tokens (pad_id after a row's end)
-    logprobs_BxR: jax.Array    # [B, R]         fp32, raw-logit logprob of each sampled token
+    cache: dict                # KV cache: k/v L x [B, K, S, Dh], valid [B, S], pos [B], index []
+    row_ids_B: jax.Array       # [B]            int32, each row's index in the full result (keys the RNG)
+    tokens_BxC: jax.Array      # [B, C]         int32, this chunk's sampled tokens (pad_id after a row's end)
+    logprobs_BxC: jax.Array    # [B, C]         fp32, raw-logit logprob of each sampled token
     done_B: jax.Array          # [B]            bool, the row emitted a stop id
-    lengths_B: jax.Array       # [B]            int32, tokens generated (stop token included)
+    lengths_B: jax.Array       # [B]            int32, tokens generated so far (stop token included)
 
 
 def filter_logits(logits_BxV, *, top_k: int = 0, top_p: float = 1.0):
@@ -91,65 +93,77 @@ def filter_logits(logits_BxV, *, top_k: int = 0, top_p: float = 1.0):
     return logits_BxV
 
 
-def sample_token(logits_BxV, key, *, temperature: float, top_k: int = 0, top_p: float = 1.0):
-    """One token per row from fp32 logits; temperature 0 = greedy (argmax)."""
+def sample_token(logits_BxV, keys_B, *, temperature: float, top_k: int = 0, top_p: float = 1.0):
+    """One token per row from fp32 logits (``keys_B``: one PRNG key per row); temperature 0 = greedy.
+
+    Inverse-CDF sampling: one uniform number per row instead of V Gumbel numbers (on CPU the
+    threefry generator dominated the step)."""
     if temperature == 0.0:
         return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
-    scaled_BxV = filter_logits(logits_BxV / temperature, top_k=top_k, top_p=top_p)
-    return jax.random.categorical(key, scaled_BxV, axis=-1).astype(jnp.int32)
+    probs_BxV = jax.nn.softmax(filter_logits(logits_BxV / temperature, top_k=top_k, top_p=top_p), axis=-1)
+    cdf_BxV = jnp.cumsum(probs_BxV, axis=-1)
+    u_B = jax.vmap(lambda k: jax.random.uniform(k, ()))(keys_B) * cdf_BxV[:, -1]
+    tok_B = jnp.sum(cdf_BxV < u_B[:, None], axis=-1)
+    return jnp.minimum(tok_B, logits_BxV.shape[-1] - 1).astype(jnp.int32)
 
 
-def _prefill(model, cfg, cache_dtype, tokens_PxL, valid_PxL, n: int, max_new_tokens: int):
-    """Prefill the prompts once on a prompt-sized cache, grow it by ``max_new_tokens`` slots and tile
-    every row ``n`` times. Returns (logits_BxV of the last prompt position, cache), B = P * n."""
-    num, length = tokens_PxL.shape
-    cache = init_cache(cfg, num, length, cache_dtype)
-    logits_PxLxV, cache = model.with_cache(tokens_PxL, cache, segment_ids_BxT=valid_PxL.astype(jnp.int32),
-                                           cache_index=0)
-    grow = lambda a: jnp.pad(a, [(0, 0), (0, max_new_tokens)] + [(0, 0)] * (a.ndim - 2))  # noqa: E731
-    cache = dict(cache, k=tuple(map(grow, cache["k"])), v=tuple(map(grow, cache["v"])), valid=grow(cache["valid"]))
-    logits_PxV = logits_PxLxV[:, -1]
-    if n > 1:
-        rep = lambda a: jnp.repeat(a, n, axis=0)  # noqa: E731
-        logits_PxV = rep(logits_PxV)
-        cache = dict(cache, k=tuple(map(rep, cache["k"])), v=tuple(map(rep, cache["v"])), valid=rep(cache["valid"]),
-                     pos=rep(cache["pos"]))
-    return logits_PxV.astype(jnp.float32), cache
-
-
-def _generate(graphdef, cfg, cache_dtype, on_trace, params, tokens_PxL, valid_PxL, done0_P, key, *, n,
-              max_new_tokens, temperature, top_k, top_p, stop_ids, pad_id):
-    """The jitted body: prefill, then decode until every row is done or ``max_new_tokens`` are out."""
+def _prefill(graphdef, cache_dtype, on_trace, params, tokens_PxL, lengths_P, done0_P, *, n, max_new_tokens,
+             chunk):
+    """Prefill the prompts once, tile every row ``n`` times; the first DecodeState (B = P * n)."""
     on_trace()
     model = nnx.merge(graphdef, params)
-    logits_BxV, cache = _prefill(model, cfg, cache_dtype, tokens_PxL, valid_PxL, n, max_new_tokens)
-    b = logits_BxV.shape[0]
+    length = tokens_PxL.shape[1]
+    logits_PxV, cache = model.prefill(tokens_PxL, lengths_P, length + max_new_tokens, cache_dtype)
+    rep = (lambda a: jnp.repeat(a, n, axis=0)) if n > 1 else (lambda a: a)  # noqa: E731
+    cache = dict(cache, k=tuple(map(rep, cache["k"])), v=tuple(map(rep, cache["v"])), valid=rep(cache["valid"]),
+                 pos=rep(cache["pos"]))
+    b = tokens_PxL.shape[0] * n
+    return DecodeState(step=jnp.zeros((), jnp.int32), logits_BxV=rep(logits_PxV), cache=cache,
+                       row_ids_B=jnp.arange(b, dtype=jnp.int32), tokens_BxC=jnp.zeros((b, chunk), jnp.int32),
+                       logprobs_BxC=jnp.zeros((b, chunk), jnp.float32), done_B=rep(done0_P),
+                       lengths_B=jnp.zeros((b,), jnp.int32))
+
+
+def _decode_chunk(graphdef, on_trace, params, state: DecodeState, key, *, attend_len, max_new_tokens, temperature,
+                  top_k, top_p, stop_ids, pad_id):
+    """Up to C decode steps (fewer when every row is done or ``max_new_tokens`` is reached), attending
+    over the first ``attend_len`` cache slots."""
+    on_trace()
+    model = nnx.merge(graphdef, params)
     stop_S = jnp.asarray(stop_ids, jnp.int32)
+    start, chunk = state.step, state.tokens_BxC.shape[1]
 
     def cond(s: DecodeState):
-        return (s.step < max_new_tokens) & ~jnp.all(s.done_B)
+        return (s.step < jnp.minimum(start + chunk, max_new_tokens)) & ~jnp.all(s.done_B)
 
     def body(s: DecodeState):
-        tok_B = sample_token(s.logits_BxV, jax.random.fold_in(key, s.step), temperature=temperature, top_k=top_k,
-                             top_p=top_p)
+        keys_B = jax.vmap(lambda r: jax.random.fold_in(jax.random.fold_in(key, s.step), r))(s.row_ids_B)
+        tok_B = sample_token(s.logits_BxV, keys_B, temperature=temperature, top_k=top_k, top_p=top_p)
         lp_B = token_logprobs(s.logits_BxV[:, None], tok_B[:, None])[:, 0]
         tok_B = jnp.where(s.done_B, pad_id, tok_B)
         lp_B = jnp.where(s.done_B, 0.0, lp_B)
-        logits_Bx1xV, cache = model.with_cache(tok_B[:, None], s.cache)
-        return DecodeState(
-            step=s.step + 1, logits_BxV=logits_Bx1xV[:, -1].astype(jnp.float32), cache=cache,
-            tokens_BxR=jax.lax.dynamic_update_slice(s.tokens_BxR, tok_B[:, None], (0, s.step)),
-            logprobs_BxR=jax.lax.dynamic_update_slice(s.logprobs_BxR, lp_B[:, None], (0, s.step)),
+        logits_Bx1xV, cache = model.with_cache(tok_B[:, None], s.cache, attend_len=attend_len)
+        col = s.step - start
+        return s.replace(
+            step=s.step + 1, logits_BxV=logits_Bx1xV[:, -1], cache=cache,
+            tokens_BxC=jax.lax.dynamic_update_slice(s.tokens_BxC, tok_B[:, None], (0, col)),
+            logprobs_BxC=jax.lax.dynamic_update_slice(s.logprobs_BxC, lp_B[:, None], (0, col)),
             done_B=s.done_B | jnp.any(tok_B[:, None] == stop_S[None, :], axis=-1),
             lengths_B=s.lengths_B + (~s.done_B).astype(jnp.int32))
 
-    done_B = jnp.repeat(done0_P, n, axis=0) if n > 1 else done0_P
-    state = DecodeState(step=jnp.zeros((), jnp.int32), logits_BxV=logits_BxV, cache=cache,
-                        tokens_BxR=jnp.full((b, max_new_tokens), pad_id, jnp.int32),
-                        logprobs_BxR=jnp.zeros((b, max_new_tokens), jnp.float32), done_B=done_B,
-                        lengths_B=jnp.zeros((b,), jnp.int32))
-    s = jax.lax.while_loop(cond, body, state)
-    return s.tokens_BxR, s.logprobs_BxR, s.done_B, s.lengths_B
+    fresh = state.replace(tokens_BxC=jnp.full_like(state.tokens_BxC, pad_id),
+                          logprobs_BxC=jnp.zeros_like(state.logprobs_BxC))
+    return jax.lax.while_loop(cond, body, fresh)
+
+
+def _take_rows(state: DecodeState, idx_B):
+    """The rows ``idx_B`` of every per-row array of the state (compaction between chunks)."""
+    take = lambda a: jnp.take(a, idx_B, axis=0)  # noqa: E731
+    cache = dict(state.cache, k=tuple(map(take, state.cache["k"])), v=tuple(map(take, state.cache["v"])),
+                 valid=take(state.cache["valid"]), pos=take(state.cache["pos"]))
+    return state.replace(logits_BxV=take(state.logits_BxV), cache=cache, row_ids_B=take(state.row_ids_B),
+                         tokens_BxC=take(state.tokens_BxC), logprobs_BxC=take(state.logprobs_BxC),
+                         done_B=take(state.done_B), lengths_B=take(state.lengths_B))
 
 
 class Sampler:
@@ -157,36 +171,53 @@ class Sampler:
     and its ModelConfig; the weights are an argument of :meth:`sample`, so one sampler serves every RL
     step. Samplers of the same graph and config share their compiled functions (e.g. evaluating
     several checkpoints compiles once). ``compile_count`` counts the compilations this sampler caused.
+
+    ``decode_chunk``: decode steps per chunk (0: all in one chunk, no compaction); ``min_rows``: the
+    smallest batch compaction shrinks to.
     """
 
     def __init__(self, graphdef, cfg, *, pad_id: int = 1, prompt_buckets: Sequence[int] = DEFAULT_BUCKETS,
-                 cache_dtype=None):
+                 cache_dtype=None, decode_chunk: int = 0, min_rows: int = 8):
         self.graphdef, self.cfg = graphdef, cfg
         self.pad_id = int(pad_id)
         self.prompt_buckets = tuple(sorted(prompt_buckets))
+        self.decode_chunk, self.min_rows = int(decode_chunk), int(min_rows)
         self._share_key = (graphdef, cfg, str(cache_dtype))
         self._cache_dtype = cache_dtype
         self._compiled: dict = _SHARED_JIT.setdefault(self._share_key, {})
         self.compile_count = 0
+        self.stats = {"row_steps": 0, "row_steps_full": 0}  # decode work done vs without compaction
 
-    def _fn(self, static: dict):
-        key = tuple(sorted(static.items()))
+    def _jit(self, kind: str, **static):
+        key = (kind, tuple(sorted(static.items())))
         if key not in self._compiled:
             trace_key = (self._share_key, key)
 
             def on_trace():
                 _TRACES[trace_key] = _TRACES.get(trace_key, 0) + 1
 
-            self._compiled[key] = jax.jit(functools.partial(_generate, self.graphdef, self.cfg, self._cache_dtype,
-                                                            on_trace, **static))
+            if kind == "prefill":
+                fn = functools.partial(_prefill, self.graphdef, self._cache_dtype, on_trace, **static)
+                self._compiled[key] = jax.jit(fn)
+            else:
+                fn = functools.partial(_decode_chunk, self.graphdef, on_trace, **static)
+                self._compiled[key] = jax.jit(fn, donate_argnums=(1,))
         return self._compiled[key], (self._share_key, key)
+
+    def _call(self, kind: str, static: dict, *args):
+        fn, trace_key = self._jit(kind, **static)
+        before = _TRACES.get(trace_key, 0)
+        out = fn(*args)
+        self.compile_count += _TRACES.get(trace_key, 0) - before
+        return out
 
     def sample(self, params, prompts: Sequence[Sequence[int]], *, n: int = 1, max_new_tokens: int,
                temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, key,
                stop_ids: Sequence[int] = (), pad_prompts_to_pow2: bool = True) -> SampleResult:
         """Sample ``n`` completions for each prompt (lists of token ids, non-empty)."""
+        r_max = int(max_new_tokens)
         if not prompts:
-            z = np.zeros((0, max_new_tokens))
+            z = np.zeros((0, r_max))
             return SampleResult(z.astype(np.int32), np.zeros(0, np.int32), z.astype(np.float32),
                                 np.zeros(0, bool), np.zeros(0, np.int32))
         if any(len(p) == 0 for p in prompts):
@@ -194,15 +225,37 @@ class Sampler:
         num = len(prompts)
         rows = next_pow2(num) if pad_prompts_to_pow2 else num
         length = bucket_length(max(len(p) for p in prompts), self.prompt_buckets)
-        tokens_PxL, valid_PxL = pad(prompts, length, self.pad_id, side="left", rows=rows)
-        done0_P = np.arange(rows) >= num
-        static = dict(n=int(n), max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_k=int(top_k),
-                      top_p=float(top_p), stop_ids=tuple(int(s) for s in stop_ids), pad_id=self.pad_id)
-        fn, trace_key = self._fn(static)
-        before = _TRACES.get(trace_key, 0)
-        out = fn(params, tokens_PxL, valid_PxL, done0_P, key)
-        self.compile_count += _TRACES.get(trace_key, 0) - before
-        toks, lps, done, lengths = jax.device_get(out)
+        padded = list(prompts) + [[self.pad_id]] * (rows - num)
+        tokens_PxL, _ = pad(padded, length, self.pad_id, side="right")
+        lengths_P = np.array([len(p) for p in padded], np.int32)
+        chunk = min(self.decode_chunk or r_max, r_max)
+        state = self._call("prefill", dict(n=int(n), max_new_tokens=r_max, chunk=chunk), params, tokens_PxL,
+                           lengths_P, np.arange(rows) >= num)
+        settings = dict(max_new_tokens=r_max, temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
+                        stop_ids=tuple(int(s) for s in stop_ids), pad_id=self.pad_id)
+        b = rows * n
+        out_tokens = np.full((b, r_max), self.pad_id, np.int32)
+        out_lps = np.zeros((b, r_max), np.float32)
+        out_done, out_lengths = np.zeros(b, bool), np.zeros(b, np.int32)
+        for c in range(math.ceil(r_max / chunk)):
+            attend = length + min((c + 1) * chunk, r_max)
+            batch_rows = int(state.done_B.shape[0])
+            state = self._call("decode", dict(attend_len=attend, **settings), params, state, key)
+            steps_run = int(state.step) - c * chunk
+            row_ids, toks, lps, done, lens = jax.device_get(
+                (state.row_ids_B, state.tokens_BxC, state.logprobs_BxC, state.done_B, state.lengths_B))
+            cols = slice(c * chunk, c * chunk + chunk)
+            out_tokens[row_ids, cols], out_lps[row_ids, cols] = toks[:, :r_max - c * chunk], lps[:, :r_max - c * chunk]
+            out_done[row_ids], out_lengths[row_ids] = done, lens
+            self.stats["row_steps"] += batch_rows * steps_run
+            self.stats["row_steps_full"] += b * steps_run
+            live = np.flatnonzero(~done)
+            if live.size == 0 or int(state.step) >= r_max:
+                break
+            keep = max(next_pow2(live.size), min(self.min_rows, batch_rows))
+            if keep < batch_rows:  # compact: the live rows first, then finished filler rows
+                filler = np.flatnonzero(done)[:keep - live.size]
+                state = _take_rows(state, jnp.asarray(np.concatenate([live, filler]), jnp.int32))
         r = num * n
-        return SampleResult(np.asarray(toks[:r]), np.asarray(lengths[:r]), np.asarray(lps[:r]),
-                            np.asarray(done[:r]), np.repeat(np.arange(num, dtype=np.int32), n))
+        return SampleResult(out_tokens[:r], out_lengths[:r], out_lps[:r], out_done[:r],
+                            np.repeat(np.arange(num, dtype=np.int32), n))
