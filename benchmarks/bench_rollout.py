@@ -32,6 +32,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--torch_threads", type=int, default=0, help="0: torch default")
     ap.add_argument("--mode", choices=("sample", "greedy"), default="sample")
+    ap.add_argument("--chunk", type=int, default=64, help="decode steps per chunk (0: one chunk)")
     args = ap.parse_args()
 
     cfg = model_config(args.model)
@@ -44,7 +45,7 @@ def main():
 
     # ours
     graphdef, params = nnx.split(model, nnx.Param)
-    sampler = Sampler(graphdef, cfg, pad_id=1)
+    sampler = Sampler(graphdef, cfg, pad_id=1, decode_chunk=args.chunk)
     greedy = args.mode == "greedy"
     kw = dict(n=1, max_new_tokens=args.new_tokens, temperature=0.0 if greedy else 1.0, stop_ids=())
     t0 = time.perf_counter()

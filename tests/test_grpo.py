@@ -1,4 +1,5 @@
 """GRPO losses (hand-computed values and gradients), the jitted step, and a toy task that RL solves."""
+import dataclasses
 import math
 
 import jax
@@ -124,17 +125,16 @@ def test_kl_coef_zero_needs_no_reference():
     assert "kl" not in aux and np.isfinite(float(loss))
 
 
-def test_shifted_logprobs_match_log_softmax():
+def test_token_logprobs_match_log_softmax():
+    from interplay_jax.model.logprobs import token_logprobs
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(2, 5, 7)).astype(np.float32)
     tokens = rng.integers(0, 7, size=(2, 5))
-    logp, ent = grpo.shifted_logprobs(jnp.asarray(logits), jnp.asarray(tokens), temperature=2.0)
+    logp, ent = token_logprobs(jnp.asarray(logits), jnp.asarray(tokens), temperature=2.0, with_entropy=True)
     ls = logits / 2.0
     ls = ls - np.log(np.exp(ls).sum(-1, keepdims=True))
-    expect = np.take_along_axis(ls[:, :-1], tokens[:, 1:, None], -1)[..., 0]
-    np.testing.assert_allclose(logp[:, 1:], expect, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(logp[:, 0], 0.0)
-    np.testing.assert_allclose(ent[:, 1:], -(np.exp(ls) * ls).sum(-1)[:, :-1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(logp, np.take_along_axis(ls, tokens[..., None], -1)[..., 0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ent, -(np.exp(ls) * ls).sum(-1), rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------- the step
@@ -158,17 +158,20 @@ def _random_rollouts(n_rows=8, seed=0):
     prompts = [list(rng.integers(4, V, size=rng.integers(2, 5))) for _ in range(n_rows // 2)]
     resp = rng.integers(4, V, size=(n_rows, 5))
     lengths = rng.integers(1, 6, size=n_rows)
-    batch = grpo.assemble_rollouts(prompts, resp, lengths, np.repeat(np.arange(n_rows // 2), 2), prompt_len=4)
+    batch = grpo.assemble_rollouts(prompts, resp, lengths, np.repeat(np.arange(n_rows // 2), 2), seq_len=10)
     batch["advantages"] = grpo.group_advantages(rng.normal(size=n_rows).astype(np.float32), 2)
     return batch
 
 
 def test_assemble_rollouts_layout():
     b = grpo.assemble_rollouts([[5, 6], [7, 8, 9]], np.array([[10, 11, 3], [12, 3, 1]]), [3, 2], [0, 1],
-                               prompt_len=4, pad_id=1, num_rows=3)
-    np.testing.assert_array_equal(b["tokens"], [[1, 1, 5, 6, 10, 11, 3], [1, 7, 8, 9, 12, 3, 1], [1] * 7])
-    np.testing.assert_array_equal(b["valid_mask"], [[0, 0, 1, 1, 1, 1, 1], [0, 1, 1, 1, 1, 1, 0], [0] * 7])
-    np.testing.assert_array_equal(b["response_mask"], [[0, 0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 1, 1, 0], [0] * 7])
+                               seq_len=7, pad_id=1, num_rows=3)
+    np.testing.assert_array_equal(b["tokens"], [[5, 6, 10, 11, 3, 1, 1], [7, 8, 9, 12, 3, 1, 1], [1] * 7])
+    np.testing.assert_array_equal(b["prompt_lens"], [2, 3, 1])
+    np.testing.assert_array_equal(b["response_mask"], [[1, 1, 1], [1, 1, 0], [0, 0, 0]])
+    with pytest.raises(ValueError, match="exceed seq_len"):
+        grpo.assemble_rollouts([[5, 6, 7, 8, 9]], np.array([[10, 11, 3]]), [3], [0], seq_len=7)
+    assert grpo.update_lengths(2048) == (512, 1024, 1536, 2048) and grpo.update_lengths(300) == (128, 256, 300)
 
 
 def test_step_first_minibatch_has_ratio_one_and_micro_batches_are_exact():
@@ -177,9 +180,10 @@ def test_step_first_minibatch_has_ratio_one_and_micro_batches_are_exact():
     tx = optax.sgd(0.1)
     batch = _random_rollouts()
     ref_fn = grpo.make_logprob_fn(graphdef)
-    ref = ref_fn(params, batch["tokens"], batch["valid_mask"])
+    ref = ref_fn(params, batch)
     # reference = a perturbed copy so the KL term is non-trivial
     batch["ref_logprobs"] = np.asarray(ref) - 0.1 * np.asarray(batch["response_mask"])
+    batch["ref_is_old"] = np.zeros(len(batch["tokens"]), bool)
     cfg = grpo.GRPOConfig(kl_coef=0.05)
 
     step = grpo.make_grpo_step(graphdef, tx, cfg, num_minibatches=1, donate=False)
@@ -195,7 +199,7 @@ def test_step_first_minibatch_has_ratio_one_and_micro_batches_are_exact():
     assert int(s1["step"]) == 1
     # gradient equals jax.grad of the plain loss written out here
     def plain_loss(p):
-        logp, _ = grpo._forward_logprobs(graphdef, p, {k: jnp.asarray(v) for k, v in batch.items()}, 1.0)
+        logp, _ = grpo.response_logprobs(graphdef, p, {k: jnp.asarray(v) for k, v in batch.items()})
         logp_old = jax.lax.stop_gradient(logp)
         ratio = jnp.exp(logp - logp_old)
         w = mask / mask.sum()
@@ -249,10 +253,88 @@ def test_toy_task_reward_rises_from_below_10_to_above_90_percent():
         history.append(float(reward.mean()))
         if it >= 5 and np.mean(history[-3:]) > 0.95:
             break
-        batch = grpo.assemble_rollouts(prompts, res.tokens, res.lengths, res.prompt_index, prompt_len=4)
+        batch = grpo.assemble_rollouts(prompts, res.tokens, res.lengths, res.prompt_index, seq_len=8)
         batch["advantages"] = grpo.group_advantages(reward, n)
         state, metrics = step(state, batch)
         assert np.isfinite(float(metrics["loss"]))
     assert history[0] < 0.2, history
     assert np.mean(history[-3:]) > 0.90, history
     assert _p_target(graphdef, state["params"], prompts) > 0.90
+
+
+def _old_layout_loss(graphdef, params, prompts, resp, lengths, prompt_index, adv, ref_delta, cfg):
+    """The GRPO loss of the former layout, written out: rows [left pad | prompt | response | pad] with
+    segment ids (a masked attention), log-probs at every position aligned with the tokens."""
+    from interplay_jax.model.logprobs import token_logprobs
+    p_len = max(len(p) for p in prompts)
+    n, r = resp.shape
+    t = p_len + r
+    tokens, valid, mask = np.ones((n, t), np.int32), np.zeros((n, t), np.int32), np.zeros((n, t), np.float32)
+    for i in range(n):
+        p = prompts[prompt_index[i]]
+        tokens[i, p_len - len(p):p_len] = p
+        tokens[i, p_len:p_len + lengths[i]] = resp[i, :lengths[i]]
+        valid[i, p_len - len(p):p_len + lengths[i]] = 1
+        mask[i, p_len:p_len + lengths[i]] = 1
+    positions = np.maximum(np.cumsum(valid, 1) - 1, 0)
+    logits = nnx.merge(graphdef, params)(jnp.asarray(tokens), positions_BxT=jnp.asarray(positions),
+                                         segment_ids_BxT=jnp.asarray(valid))
+    logp, ent = token_logprobs(logits[:, :-1], jnp.asarray(tokens[:, 1:]), with_entropy=True)
+    pad = jnp.zeros((n, 1))
+    logp, ent = jnp.concatenate([pad, logp], 1), jnp.concatenate([pad, ent], 1)
+    old = jax.lax.stop_gradient(logp)
+    batch = {"response_mask": jnp.asarray(mask), "advantages": jnp.asarray(adv), "old_logprobs": old,
+             "ref_logprobs": old - ref_delta * jnp.asarray(mask)}
+    return grpo.grpo_loss_from_logprobs(logp, ent, batch, grpo.token_weights(batch["response_mask"], cfg.loss_agg,
+                                                                             cfg.dr_grpo_constant), cfg)[0]
+
+
+@pytest.mark.parametrize("agg", grpo.LOSS_AGGS)
+def test_right_aligned_layout_equals_the_left_padded_one(agg):
+    """The update's layout (right-aligned rows, plain causal attention, logits only at response
+    positions) gives the same loss and gradients as left-padded rows with a segment mask (fp32)."""
+    graphdef, params = nnx.split(_micro_model(seed=3), nnx.Param)
+    rng = np.random.default_rng(1)
+    prompts = [list(rng.integers(4, V, size=k)) for k in (2, 5, 3)]
+    prompt_index = np.array([0, 0, 1, 1, 2, 2])
+    resp = rng.integers(4, V, size=(6, 6)).astype(np.int32)
+    lengths = np.array([6, 1, 4, 3, 5, 2])
+    adv = rng.normal(size=6).astype(np.float32)
+    cfg = grpo.GRPOConfig(kl_coef=0.05, entropy_coef=0.01, loss_agg=agg, dr_grpo_constant=6.0)
+
+    def new_loss(p):
+        b = grpo.assemble_rollouts(prompts, resp, lengths, prompt_index, seq_len=16)
+        b = {k: jnp.asarray(v) for k, v in b.items()}
+        logp, ent = grpo.response_logprobs(graphdef, p, b)
+        old = jax.lax.stop_gradient(logp)
+        b.update(advantages=jnp.asarray(adv), old_logprobs=old, ref_logprobs=old - 0.3 * b["response_mask"])
+        return grpo.grpo_loss_from_logprobs(logp, ent, b, grpo.token_weights(b["response_mask"], agg, 6.0), cfg)[0]
+
+    old_loss = lambda p: _old_layout_loss(graphdef, p, prompts, resp, lengths, prompt_index, adv, 0.3, cfg)  # noqa
+    l_new, g_new = jax.value_and_grad(new_loss)(params)
+    l_old, g_old = jax.value_and_grad(old_loss)(params)
+    assert float(l_new) == pytest.approx(float(l_old), rel=1e-5, abs=1e-6)
+    for a, b in zip(jax.tree.leaves(g_new), jax.tree.leaves(g_old)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_remat_with_micro_batches_and_sampler_old_logprobs():
+    """model.remat works inside the micro-batched update (it used to raise a TraceContextError) and
+    gives the plain update's result; old log-probs handed in (as the sampler's) are used as given."""
+    cfg = model_config("micro", vocab_size=V, num_layers=2, max_position_embeddings=64)
+    graphdef, params = nnx.split(Qwen2(cfg, rngs=nnx.Rngs(params=0)), nnx.Param)
+    remat_graphdef, _ = nnx.split(Qwen2(dataclasses.replace(cfg, remat=True), rngs=nnx.Rngs(params=0)), nnx.Param)
+    tx = optax.sgd(0.1)
+    batch = _random_rollouts()
+    gcfg = grpo.GRPOConfig(kl_coef=0.0)
+    plain = grpo.make_grpo_step(graphdef, tx, gcfg, num_minibatches=2, donate=False)
+    remat = grpo.make_grpo_step(remat_graphdef, tx, gcfg, num_minibatches=2, micro_batch_size=2, donate=False)
+    s1, m1 = plain(_state(params, tx), batch)
+    s2, m2 = remat(_state(params, tx), batch)
+    for a, b in zip(jax.tree.leaves(s1["params"]), jax.tree.leaves(s2["params"])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert float(m1["first_ratio_dev"]) == pytest.approx(0.0, abs=1e-6)
+    # old log-probs from outside (e.g. the sampler): shifted by 0.1 -> ratio e^0.1 on the first mini-batch
+    old = np.asarray(grpo.make_logprob_fn(graphdef)(params, batch)) - 0.1
+    s3, m3 = plain(_state(params, tx), dict(batch, old_logprobs=old))
+    assert float(m3["first_ratio_dev"]) == pytest.approx(math.exp(0.1) - 1, rel=1e-4)

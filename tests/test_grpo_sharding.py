@@ -25,14 +25,13 @@ SCRIPT = textwrap.dedent("""
     state_sh = lm_step.shardings_of(state)
     host = jax.device_get(state)
     rng = np.random.default_rng(0)
-    n, t = 16, 12
+    n, t, r = 16, 12, 6
     batch = {"tokens": rng.integers(4, 32, size=(n, t)).astype(np.int32),
-             "valid_mask": np.ones((n, t), np.int32), "response_mask": np.zeros((n, t), np.int32),
-             "advantages": rng.normal(size=n).astype(np.float32)}
-    batch["valid_mask"][::3, :2] = 0
+             "prompt_lens": (2 + np.arange(n) % 4).astype(np.int32), "response_mask": np.zeros((n, r), np.int32),
+             "advantages": rng.normal(size=n).astype(np.float32), "ref_is_old": np.zeros(n, bool)}
     for i in range(n):
-        batch["response_mask"][i, 6:6 + 1 + i % 6] = 1
-    batch["ref_logprobs"] = (-rng.random((n, t)) * batch["response_mask"]).astype(np.float32)
+        batch["response_mask"][i, :1 + i % 6] = 1
+    batch["ref_logprobs"] = (-rng.random((n, r)) * batch["response_mask"]).astype(np.float32)
     gcfg = grpo.GRPOConfig(kl_coef=0.1, entropy_coef=0.01)
 
     sharded = grpo.make_grpo_step(graphdef, tx, gcfg, num_minibatches=2, micro_batch_size=4, mesh=mesh,

@@ -400,10 +400,11 @@ class Qwen2(nnx.Module):
         return self.logits(self.hidden_states(tokens_BxT, positions_BxT=positions_BxT,
                                               segment_ids_BxT=segment_ids_BxT)[0])
 
-    def hidden_states(self, tokens_BxT, *, positions_BxT=None, segment_ids_BxT=None):
+    def hidden_states(self, tokens_BxT, *, positions_BxT=None, segment_ids_BxT=None, remat: bool | None = None):
         """The last layer's output (before the final norm) and every layer's (k, v):
         (x_BxTxD, [(k_BxTxKxD, v_BxTxKxD)] * L). :meth:`logits` of a subset of positions is the cheap
-        way to score only some tokens (the GRPO update scores only response positions)."""
+        way to score only some tokens (the GRPO update scores only response positions). With remat
+        (default ``cfg.remat``) the layers are recomputed in the backward pass and no (k, v) is kept."""
         cfg = self.cfg
         tokens_BxT = jnp.asarray(tokens_BxT, jnp.int32)
         b, t = tokens_BxT.shape
@@ -414,7 +415,7 @@ class Qwen2(nnx.Module):
         cos, sin = rope_tables(positions_BxT, cfg.head_dim, cfg.rope_theta)
         kvs = []
         for layer in self.layers:
-            if cfg.remat:
+            if cfg.remat if remat is None else remat:
                 x_BxTxD, kv = _remat_layer(layer, x_BxTxD, cos, sin, segment_ids_BxT), None
             else:
                 x_BxTxD, kv = layer(x_BxTxD, cos, sin, segment_ids_BxT)
@@ -436,7 +437,7 @@ class Qwen2(nnx.Module):
         ``cache["index"] = L``: decoding writes slot L, L+1, ... for every row; each row's RoPE
         position continues from its own length, and the padding slots stay invalid."""
         b, length = tokens_BxL.shape
-        x_BxLxD, kvs = self.hidden_states(tokens_BxL)
+        x_BxLxD, kvs = self.hidden_states(tokens_BxL, remat=False)
         lengths_B = jnp.asarray(lengths_B, jnp.int32)
         last_BxD = jnp.take_along_axis(x_BxLxD, (lengths_B - 1)[:, None, None], axis=1)[:, 0]
         dtype = jnp.dtype(cache_dtype or self.cfg.dtype)

@@ -20,7 +20,7 @@ from interplay_jax import checkpoint as ck
 from interplay_jax.config import parse_list, parse_ops, require
 from interplay_jax.errors import ConfigError
 from interplay_jax.model.qwen2 import ModelConfig, model_config_from_dict
-from interplay_jax.rl import grpo
+from interplay_jax.rl import grpo, memory
 from interplay_jax.rl.data import SOURCES, prompt_source_from_config, rl_mixture
 from interplay_jax.rl.producer import RolloutProducer, RolloutSettings
 from interplay_jax.sampling.policy import run_model_config
@@ -55,21 +55,25 @@ def run(config):
     run.write_lineage(start, model_cfg, tokenizer=tok_info, **edge_info)
 
     gcfg = grpo_config(config)
-    mb = int(config.rl.micro_batch_size or 0) or None
     bsh = shd.batch_sharding(run.mesh)
+    target = ck.abstract_target(abstract, shardings)
+    make_update = lambda micro: grpo.make_grpo_step(  # noqa: E731
+        graphdef, tx, gcfg, num_minibatches=int(config.rl.num_minibatches), micro_batch_size=micro, mesh=run.mesh,
+        state_shardings=shardings, batch_sharding=bsh)
+    mb = _micro_batch(config, run.mesh, make_update, target, bsh)
     ref_params, logprob_fn = None, None
     if gcfg.kl_coef > 0:
         if start.parent is None:
             raise ConfigError(f"{run.workdir}: cannot find the parent run for the KL reference (no lineage parent)")
-        ref_params, _, _ = ck.restore_params(start.parent["run_dir"], target=ck.abstract_target(
-            abstract, shardings)["params"], step=int(start.parent["step"]))
+        ref_params, _, _ = ck.restore_params(start.parent["run_dir"], target=target["params"],
+                                             step=int(start.parent["step"]))
         logprob_fn = grpo.make_logprob_fn(graphdef, temperature=gcfg.temperature, micro_batch_size=mb, mesh=run.mesh,
                                           param_shardings=shardings["params"], batch_sharding=bsh)
-    update = grpo.make_grpo_step(graphdef, tx, gcfg, num_minibatches=int(config.rl.num_minibatches),
-                                 micro_batch_size=mb, mesh=run.mesh, state_shardings=shardings, batch_sharding=bsh)
+    update = make_update(mb)
     produce = RolloutProducer(RolloutSettings.from_config(config), graphdef=graphdef, model_cfg=model_cfg,
                               tokenizer=tokenizer, prompts=prompts, reward=reward, mesh=run.mesh, seed=int(config.seed),
                               ref_params=ref_params, logprob_fn=logprob_fn, samples_path=run.workdir / "samples.jsonl")
+    _preflight(config, update, produce, target, bsh, mb)
 
     def step_fn(state, batch):
         arrays, host = batch
@@ -86,6 +90,51 @@ def run(config):
     return run.finish(result, steps, model_cfg, start, headline=headline, reward=reward.name,
                       mixture=str(config.data.mixture), filtered_prompts=produce.filtered_total,
                       history=[{k: v for k, v in row.items() if isinstance(v, (int, float))} for row in result.history])
+
+
+def _micro_batch(config, mesh, make_update, target, bsh) -> int | None:
+    """``rl.micro_batch_size``, or (0) the largest micro-batch whose compiled update fits the device
+    (the whole mini-batch where the device memory is unknown, e.g. on CPU)."""
+    r = config.rl
+    if int(r.micro_batch_size or 0):
+        return int(r.micro_batch_size)
+    budget = memory.device_bytes()
+    if budget is None:
+        return None
+    rows = int(r.num_prompts) * int(r.n)
+    choice = memory.pick_micro_batch(
+        make_update, target, mini_rows=rows // int(r.num_minibatches), rows=rows,
+        seq_len=int(r.max_prompt_len) + int(r.max_response_len), response_len=int(r.max_response_len),
+        kl=float(config.grpo.kl_coef) > 0, sampler_old=str(config.grpo.old_logprobs) == "sampler", budget=budget,
+        multiple=shd.batch_size_multiple(mesh), sharding=bsh)
+    print(f"rl: micro-batch {choice.micro} rollouts (update {memory.gib(choice.bytes)} GiB of "
+          f"{memory.gib(budget)} GiB)")
+    return choice.micro
+
+
+def _preflight(config, update, produce, target, bsh, micro) -> None:
+    """Compile the update and the sampler at their largest shapes before the first rollout and stop
+    with one line when either needs more memory than the device has (skipped where it is unknown)."""
+    budget = memory.device_bytes()
+    if budget is None:
+        return
+    r = config.rl
+    rows = int(r.num_prompts) * int(r.n)
+    need_update = memory.update_bytes(update, target, rows, int(r.max_prompt_len) + int(r.max_response_len),
+                                      int(r.max_response_len), kl=float(config.grpo.kl_coef) > 0,
+                                      sampler_old=str(config.grpo.old_logprobs) == "sampler", sharding=bsh)
+    need_sampler = memory.sampler_bytes(produce.sampler, target["params"],
+                                        prompts=int(r.rollout_batch_prompts or 0) or int(r.num_prompts),
+                                        prompt_len=int(r.max_prompt_len), n=int(r.n),
+                                        max_new_tokens=int(r.max_response_len), stop_ids=produce.tokenizer.stop_ids)
+    print(f"rl: preflight: update {memory.gib(need_update)} GiB (micro-batch {micro or 'whole'}), sampler "
+          f"{memory.gib(need_sampler)} GiB, device {memory.gib(budget)} GiB")
+    require(need_update <= budget, f"rl: the update needs {memory.gib(need_update)} GiB but the device has "
+                                   f"{memory.gib(budget)} GiB: lower rl.micro_batch_size (now {micro or 'the whole '
+                                   'mini-batch'}) or set --config.model.remat=True")
+    require(need_sampler <= budget, f"rl: the sampler needs {memory.gib(need_sampler)} GiB but the device has "
+                                    f"{memory.gib(budget)} GiB: lower rl.rollout_batch_prompts (prompts per "
+                                    f"sampler call; now {int(r.rollout_batch_prompts or 0) or 'all'})")
 
 
 def _log_rl(at, row) -> None:
@@ -167,7 +216,7 @@ def validate(config, check_files: bool = True) -> None:
         v = r.get(k)
         require(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"rl: rl.{k}={v!r} must be an integer >= 1")
     require(r.n >= 2, f"rl: rl.n={r.n} rollouts per prompt; GRPO needs >= 2 (group-normalised advantages)")
-    for k in ("prompt_budget", "total_steps", "micro_batch_size", "rollout_batch_prompts", "top_k"):
+    for k in ("prompt_budget", "total_steps", "micro_batch_size", "rollout_batch_prompts", "top_k", "decode_chunk"):
         require(int(r.get(k, 0) or 0) >= 0, f"rl: rl.{k}={r.get(k)!r} must be >= 0")
     buckets = parse_list(r.get("prompt_buckets", ""))
     require(all(b.isdigit() and int(b) > 0 for b in buckets),
@@ -191,6 +240,11 @@ def validate(config, check_files: bool = True) -> None:
             f"rl: grpo.dual_clip={g.dual_clip} must be > 1 (or 0 = off)")
     require(float(g.kl_coef) >= 0, f"rl: grpo.kl_coef={g.kl_coef} must be >= 0")
     require(float(g.get("dr_grpo_constant", 0) or 0) >= 0, "rl: grpo.dr_grpo_constant must be >= 0")
+    require(g.get("old_logprobs", "recompute") in ("recompute", "sampler"),
+            f"rl: grpo.old_logprobs={g.get('old_logprobs')!r}; expected recompute or sampler")
+    require(g.get("old_logprobs", "recompute") != "sampler" or not bool(g.get("logprob_temperature", False)),
+            "rl: grpo.old_logprobs=sampler gives temperature-1 log-probs; it cannot be combined with "
+            "grpo.logprob_temperature=True")
     optim.optimizer_for(config.optimizer, total or max(budget // r.num_prompts, 1))
     for key in ("log_every", "ckpt_every", "keep_checkpoints"):
         require(int(config.get(key, 0)) >= 0, f"rl: {key}={config.get(key)} must be >= 0")
