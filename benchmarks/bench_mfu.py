@@ -1,10 +1,13 @@
 """Train-step throughput and MFU of our sharded lm_step (any backend).
 
     python benchmarks/bench_mfu.py --preset paper100m --seq 2048 --batch 16 --dtype bfloat16 --steps 10
+    python benchmarks/bench_mfu.py --preset paper100m,release45m --batch 32   # both release models
 
 MFU = model FLOPs per token (6·P_matmul + causal attention, ModelConfig.flops_per_token) × tokens/s
 ÷ peak FLOP/s (--peak; default: 989e12 on an H100/H200 (bf16 dense), else a nominal 1e11 for a CPU).
-Prints one line per configuration, plus the compiled step's memory estimate where XLA gives one.
+Prints one line per configuration (preset x attention x remat; ``--preset`` takes a comma-separated
+list, e.g. the study's paper100m and the release's 45M pre-training model release45m), plus the
+compiled step's memory estimate where XLA gives one.
 """
 from __future__ import annotations
 
@@ -55,7 +58,7 @@ def measure(preset, seq, batch, dtype, steps, attention, remat, peak, accum=1):
     dt = (time.perf_counter() - t0) / steps
     tok_s = batch["tokens"].shape[0] * seq / dt
     mfu = cfg.flops_per_token(seq) * tok_s / peak
-    print(f"{preset:>9} params={cfg.num_params() / 1e6:6.1f}M seq={seq} batch={batch['tokens'].shape[0]} "
+    print(f"{preset:>10} params={cfg.num_params() / 1e6:6.1f}M seq={seq} batch={batch['tokens'].shape[0]} "
           f"{dtype:>8} attn={attention:<6} remat={int(remat)} accum={accum}: {dt * 1e3:8.1f} ms/step "
           f"{tok_s:10.0f} tokens/s  MFU {100 * mfu:5.1f}% (peak {peak:.3g})  loss {loss:.3f}"
           f"  warmup+compile {t_compile:.0f}s{mem}", flush=True)
@@ -64,7 +67,7 @@ def measure(preset, seq, batch, dtype, steps, attention, remat, peak, accum=1):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--preset", default="paper100m")
+    p.add_argument("--preset", default="paper100m", help="comma-separated model presets")
     p.add_argument("--seq", type=int, default=2048)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--dtype", default="bfloat16")
@@ -77,12 +80,14 @@ def main():
     dev = jax.devices()[0]
     peak = a.peak or (989e12 if dev.platform == "gpu" else 1e11)
     print(f"backend={jax.default_backend()} device={dev.device_kind} jax={jax.__version__}", flush=True)
-    for attn in a.attention.split(","):
-        for remat in a.remat.split(","):
-            try:
-                measure(a.preset, a.seq, a.batch, a.dtype, a.steps, attn, bool(int(remat)), peak, a.accum)
-            except Exception as e:  # keep going: one failing variant must not hide the others
-                print(f"{a.preset} attn={attn} remat={remat}: FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
+    for preset in a.preset.split(","):
+        for attn in a.attention.split(","):
+            for remat in a.remat.split(","):
+                try:
+                    measure(preset, a.seq, a.batch, a.dtype, a.steps, attn, bool(int(remat)), peak, a.accum)
+                except Exception as e:  # keep going: one failing variant must not hide the others
+                    print(f"{preset} attn={attn} remat={remat}: FAILED {type(e).__name__}: {str(e)[:300]}",
+                          flush=True)
 
 
 if __name__ == "__main__":

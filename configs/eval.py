@@ -2,7 +2,8 @@
 
 Each checkpoint is one of our run dirs (lineage.json + checkpoints/, latest step unless
 ``--config.step``) or an HF Qwen2 directory (config.json + safetensors + tokenizer.json), e.g. the
-study's released models. All are scored on the same eval set; the first is the base of the delta
+study's released models; either way the checkpoint's own record (lineage / config.json) gives the
+architecture, so a 103M (paper100m) or 45M (release45m, head dim 72) checkpoint needs no preset. All are scored on the same eval set; the first is the base of the delta
 tables. Outputs in WORKDIR: results.json (combined), report.md, passk_curves.png, per_op.png,
 error_types.png, deltas.png, and WORKDIR/<name>/{samples.jsonl, results.json} per checkpoint.
 Rerunning an interrupted evaluation resumes from samples.jsonl.

@@ -5,9 +5,18 @@ mixture (default ``base``): base (20/30/50 over op2-4/5-7/8-10), hard0.1, hard5,
 other preset of interplay_jax.task.mixture (docs/mixtures.md); ``--config.mixture`` also takes a JSON
 list of components (``'[{"ops": [2, 3], "weight": 1, "contexts": ["A"]}]'``).
 scale (default ``cpu``):
-  paper  the study's numbers: paper100m (bf16), 10B tokens, 256 x 2048 batch (512K tokens),
-         AdamW (0.9, 0.999, 1e-8), wd 0.1, clip 1.0, warmup 5%, cosine to 3e-5, peak lr 1e-4
-         (the paper text says 2e-4: --config.optimizer.lr=2e-4).
+  paper  the study's numbers, as in the release's pre-training config of the paper's base model
+         (README at commit 04be88c: "The underlying pre-training config is" R =
+         scripts/composition/op-difficulty-10B/pt-diff2_10-tok10B-lr1e-4-bs512k-schedcos-minlr3e-5/
+         id2-10_0.2easy_0.3medium_0.5hard.yaml, commit c49c55d):
+         model paper100m (R line 2: model_configs/qwen2_100M), bf16 (R 41); 10B tokens, one epoch
+         (R 56, 35); 256 x 2048 rows = 512K tokens (R 31-32: 64 per GPU x 4 GPUs, cutoff_len 2048 R 14);
+         peak lr 1e-4 (R 33), cosine to min lr 3e-5 (R 36-38), warmup 5% (R 39), wd 0.1 (R 34),
+         clip 1.0 (R 40); AdamW (0.9, 0.999, 1e-8) are the HF Trainer defaults (not in R).
+         The paper text says peak lr 2e-4, as do the release's 5B-token op2-14 configs of commit
+         c6676bc (LLaMA-Factory/examples/difficulty/*.yaml, line 31-33; one 3e-4), of which
+         debug.yaml loads the 45M model (line 2; preset release45m): --config.optimizer.lr=2e-4
+         [--config.model.preset=release45m].
   mini   one GPU: the ``small`` model (bf16), 32 x 1024 rows, 2,000 steps, lr 1e-3 -> 3e-4.
   cpu    the ``tiny`` model, 8 x 1024 batch, 200 steps, lr 1e-3 -> 3e-4 (10x the paper's: a tiny
          model in a few hundred steps), finishes in minutes on 2 CPU cores.
@@ -49,7 +58,7 @@ def train_config(stage: str, mixture: str, scale: str) -> ml_collections.ConfigD
     c.total_tokens = 10_000_000_000
     c.total_steps = 0                  # > 0 overrides total_tokens
     c.document_mask = False            # the original: plain causal attention across packed docs
-    c.optimizer = ml_collections.ConfigDict(dict(
+    c.optimizer = ml_collections.ConfigDict(dict(  # the release's paper run (see the docstring)
         lr=1e-4, min_lr=3e-5, warmup_frac=0.05, warmup_steps=0, schedule="cosine",
         b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.1, grad_clip=1.0))
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))

@@ -1,8 +1,8 @@
 """GRPO post-training configs: ``--config=configs/rl.py:<data>[,<scale>][,<reward>][,dr_grpo] --config.init_from=RUN``.
 
-Starts from a pre-training or mid-training run (``init_from``: its run dir or ``.../checkpoints/<step>``;
-default ``runs/midtrain_mid_<scale>``; the model is read from the parent's lineage unless
-``model.preset`` is set).
+Starts from a pre-training or mid-training run (``init_from``: its run dir or ``.../checkpoints/<step>``,
+or an HF directory such as a released checkpoint; default ``runs/midtrain_mid_<scale>``; the model is
+read from the parent's lineage, or the HF directory's config.json, unless ``model.preset`` is set).
 
 data (default ``op11-14``): the study's RL prompt regimes: ``op7-10``, ``op9-12``, ``op11-14``,
 ``op17-20``, ``uniform`` (op2-20), contexts A/B/C in thirds; ``edge`` (the study's advice: probe the

@@ -257,13 +257,17 @@ def read_lineage(run_dir) -> dict:
 
 def lineage_chain(run_dir) -> list[dict]:
     """[this run, its parent, ..., the first run]; each entry gets ``step`` = the step used
-    (the latest checkpoint for the run itself, the parent's recorded step for ancestors)."""
+    (the latest checkpoint for the run itself, the parent's recorded step for ancestors). A chain
+    that started from an HF directory ends with ``{"stage": "hf", "run_dir": DIR, "step": None}``."""
     chain, seen = [], set()
     run_dir, step = pathlib.Path(run_dir).absolute(), None
     while run_dir is not None:
         if str(run_dir) in seen:
             raise ConfigError(f"lineage loop at {run_dir}")
         seen.add(str(run_dir))
+        if chain and not (run_dir / LINEAGE_FILE).is_file() and (run_dir / "config.json").is_file():
+            chain.append({"stage": "hf", "run_dir": str(run_dir), "step": None, "config": {}})  # an HF dir
+            break                                                   # (e.g. a released checkpoint): the start
         rec = read_lineage(run_dir)
         if step is None:
             steps = complete_steps(run_dir)

@@ -50,7 +50,9 @@ def format_chain(run_dir, digest: bool = False) -> str:
                 params, _, _ = ck.restore_params(rec["run_dir"], step=step)
                 lines.append(f"    params digest: sha256:{ck.params_digest(params)}")
     first = chain[-1]
-    if first.get("stage") != "pretrain":
+    if first.get("stage") == "hf":
+        lines.append("(the chain starts from an HF checkpoint directory)")
+    elif first.get("stage") != "pretrain":
         lines.append(f"(the chain ends at a {first.get('stage')} run with no parent)")
     return "\n".join(lines)
 

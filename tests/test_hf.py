@@ -9,12 +9,25 @@ from interplay_jax.errors import ConfigError
 from interplay_jax.model import hf, init_model, model_config
 
 
-def _random_hf_model(tie: bool):
+# The release's LLaMA-Factory/model_configs/difficulty_qwen2_100M/config.json (commit c6676bc), the
+# model its LLaMA-Factory/examples/difficulty/debug.yaml pre-trains (preset release45m).
+RELEASE_DIFFICULTY_CONFIG = {
+    "architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 2, "eos_token_id": 3,
+    "hidden_act": "silu", "hidden_size": 576, "initializer_range": 0.02, "intermediate_size": 1536,
+    "max_position_embeddings": 2048, "max_window_layers": 24, "model_type": "qwen2", "num_attention_heads": 8,
+    "num_hidden_layers": 12, "num_key_value_heads": 4, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
+    "sliding_window": 2048, "tie_word_embeddings": True, "torch_dtype": "bfloat16",
+    "transformers_version": "4.40.1", "use_cache": True, "use_mrope": False, "use_sliding_window": False,
+    "vocab_size": 2200}
+
+
+def _random_hf_model(tie: bool, **shape):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
+    fields = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2)
     config = transformers.Qwen2Config(
-        vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=tie,
+        **{**fields, **shape}, rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=tie,
         max_position_embeddings=128)
     torch.manual_seed(0)
     model = transformers.Qwen2ForCausalLM(config).eval()
@@ -43,6 +56,32 @@ def test_transformers_to_ours(tmp_path, tie):
     assert cfg.tie_embeddings == tie and cfg.num_kv_heads == 2 and cfg.rope_theta == 1e6
     ours = np.asarray(model(jnp.asarray(TOKENS)))
     np.testing.assert_allclose(ours, _torch_logits(ref_model, TOKENS), atol=1e-4, rtol=0)
+
+
+def test_head_dim_72_both_directions(tmp_path, reference_dir):
+    """The release45m layout (8 query / 4 KV heads of 72, hidden 576; fewer layers and a smaller MLP
+    and vocabulary to stay fast): transformers -> ours and ours -> transformers agree (fp32)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    ref_model = _random_hf_model(True, hidden_size=576, intermediate_size=128, num_hidden_layers=1,
+                                 num_attention_heads=8, num_key_value_heads=4)
+    ref_model.save_pretrained(tmp_path / "theirs")
+    model, cfg = hf.load(tmp_path / "theirs")
+    assert (cfg.head_dim, cfg.num_heads, cfg.num_kv_heads) == (72, 8, 4)
+    np.testing.assert_allclose(np.asarray(model(jnp.asarray(TOKENS))), _torch_logits(ref_model, TOKENS),
+                               atol=1e-4, rtol=0)
+    cfg = model_config("release45m", num_layers=2, intermediate_size=128, vocab_size=300)
+    ours = init_model(cfg, seed=5)
+    hf.save(ours, cfg, tmp_path / "ours", tokenizer=reference_dir / "tokenizer.json")
+    back = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "ours"), dtype=torch.float32).eval()
+    np.testing.assert_allclose(_torch_logits(back, TOKENS), np.asarray(ours(jnp.asarray(TOKENS))), atol=1e-4, rtol=0)
+    assert hf.read_config(tmp_path / "ours") == cfg
+
+
+def test_release_difficulty_config_is_release45m():
+    assert hf.config_from_hf(RELEASE_DIFFICULTY_CONFIG) == model_config("release45m")
+    assert hf.config_from_hf(RELEASE_DIFFICULTY_CONFIG, dtype="bfloat16") == model_config("release45m",
+                                                                                       dtype="bfloat16")
 
 
 def test_pytorch_bin_checkpoint(tmp_path):

@@ -49,6 +49,37 @@ def test_paper100m_param_count_matches_spec():
     assert cfg.tie_embeddings and cfg.rope_theta == 1e6 and cfg.vocab_size == 2200
 
 
+def test_release45m_matches_the_release_difficulty_config():
+    """The release's LLaMA-Factory/model_configs/difficulty_qwen2_100M: 12 x 576, 8 / 4 heads of 72."""
+    cfg = model_config("release45m")
+    assert (cfg.hidden_size, cfg.intermediate_size, cfg.num_layers, cfg.num_heads, cfg.num_kv_heads,
+            cfg.head_dim) == (576, 1536, 12, 8, 4, 72)
+    assert cfg.num_heads * cfg.head_dim == cfg.hidden_size  # HF derives head_dim = hidden / heads
+    assert cfg.tie_embeddings and cfg.rope_theta == 1e6 and cfg.vocab_size == 2200
+    # analytic count == the abstract module's, and the hand count of the release's shapes
+    d, f, v = 576, 1536, 2200
+    per_layer = 2 * d + (d * 576 + 576) + 2 * (d * 288 + 288) + 576 * d + 3 * d * f
+    assert cfg.num_params() == count_params(abstract_model(cfg)) == v * d + 12 * per_layer + d == 45_089_856
+
+
+def test_head_dim_72_runs_every_path():
+    """Head dim 72 (not a power of two): forward, KV-cache decode and the causal block skipping
+    agree; nothing in the model rejects it."""
+    cfg = model_config("release45m", num_layers=1, intermediate_size=64, vocab_size=300)
+    model = init_model(cfg, seed=0)
+    tokens = _tokens(2, 130, vocab=300)  # >= 128: the chunked causal path
+    full = run(model, tokens)
+    plain = model_config("release45m", num_layers=1, intermediate_size=64, vocab_size=300, attention="jax")
+    ref = run(nnx.merge(nnx.graphdef(Qwen2(plain, rngs=nnx.Rngs(0))), nnx.state(model, nnx.Param)), tokens)
+    np.testing.assert_allclose(np.asarray(full), np.asarray(ref), atol=2e-5)
+    cache = init_cache(cfg, 2, 130)
+    graphdef, params = nnx.split(model, nnx.Param)
+    step = jax.jit(lambda p, t, c: nnx.merge(graphdef, p).with_cache(t, c))
+    logits, cache = step(params, tokens[:, :129], cache)
+    last, _ = step(params, tokens[:, 129:], cache)
+    np.testing.assert_allclose(np.asarray(last[:, 0]), np.asarray(full[:, 129]), atol=2e-5)
+
+
 def test_preset_sizes_and_counts():
     sizes = {name: model_config(name).num_params() for name in PRESETS}
     assert 0.5e6 < sizes["tiny"] < 2e6

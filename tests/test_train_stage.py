@@ -155,6 +155,11 @@ def test_validation_in_process(tmp_path, tokenizer_path):
     assert paper.batch_size * paper.seq_len == 524_288 and total_steps(paper) == 19_073
     assert paper.optimizer.warmup_frac == 0.05 and paper.optimizer.min_lr == 3e-5
     assert paper.optimizer.weight_decay == 0.1 and paper.optimizer.grad_clip == 1.0
+    # peak lr: the release's paper pre-training and mid-training configs (configs/*.py docstrings)
+    assert paper.optimizer.lr == 1e-4 and (paper.optimizer.b1, paper.optimizer.b2, paper.optimizer.eps) == (
+        0.9, 0.999, 1e-8)
+    mid = load_config("midtrain.py:paper")
+    assert mid.optimizer.lr == 1e-4 and mid.optimizer.warmup_frac == 0.15 and mid.optimizer.min_lr == 3e-5
     c = load_config("pretrain.py:base,cpu")
     c.workdir = str(tmp_path / "v")
     c.tokenizer = str(tokenizer_path)

@@ -1,7 +1,9 @@
 """HF Qwen2 interop: load the study's released checkpoints, export ours for `transformers`.
 
 ``load(path)`` reads an HF Qwen2 directory (config.json + model.safetensors, a sharded
-model.safetensors.index.json, or pytorch_model.bin when torch is importable) into a :class:`Qwen2`.
+model.safetensors.index.json, or pytorch_model.bin when torch is importable) into a :class:`Qwen2`
+whose architecture is the one its config.json gives (``read_config``: no preset needed; the
+release's two model configs map to the presets paper100m and release45m).
 ``save(model, cfg, path, tokenizer=None)`` writes config.json (Qwen2ForCausalLM), model.safetensors
 (fp32, HF names and [out, in] layouts, no lm_head when tied) and optionally the tokenizer, so
 ``transformers.AutoModelForCausalLM.from_pretrained(path)`` loads it. No torch needed to save.
@@ -183,8 +185,9 @@ def _flat_params(model: nnx.Module) -> dict[str, nnx.Variable]:
 # ----------------------------------------------------------------------------------------- public
 
 
-def load(path, **overrides) -> tuple[Qwen2, ModelConfig]:
-    """(model, cfg) from an HF Qwen2 directory. ``overrides`` set ModelConfig fields (dtype, remat...)."""
+def read_config(path, **overrides) -> ModelConfig:
+    """The ModelConfig of an HF Qwen2 directory, from its config.json alone (no weights read):
+    the architecture is the checkpoint's; ``overrides`` set other fields (dtype, remat...)."""
     path = pathlib.Path(path)
     if not path.is_dir():
         raise ConfigError(f"HF checkpoint directory {path} does not exist")
@@ -196,9 +199,16 @@ def load(path, **overrides) -> tuple[Qwen2, ModelConfig]:
     except json.JSONDecodeError as e:
         raise ConfigError(f"{cfg_file}: invalid JSON ({e})") from None
     try:
-        cfg = config_from_hf(hf_cfg, **overrides)
+        return config_from_hf(hf_cfg, **overrides)
     except (KeyError, TypeError, ValueError) as e:
         raise ConfigError(f"{cfg_file}: cannot read a Qwen2 config ({e!r})") from None
+
+
+def load(path, **overrides) -> tuple[Qwen2, ModelConfig]:
+    """(model, cfg) from an HF Qwen2 directory; the architecture comes from its config.json.
+    ``overrides`` set ModelConfig fields (dtype, remat...)."""
+    path = pathlib.Path(path)
+    cfg = read_config(path, **overrides)
     arrays = _hf_to_ours(cfg, _read_tensors(path))
     model = abstract_model(cfg)
     pdt = jnp.dtype(cfg.param_dtype)

@@ -20,6 +20,22 @@ layers[i].gate_kernel  [D, F]                  up_kernel [D, F], down_kernel [F,
 final_norm             [D]
 =====================  ======================  =========================================
 
+Presets (``PRESETS``; counts are ``ModelConfig.num_params`` = the ``nnx.eval_shape`` count):
+
+==========  =====  ====  ====  =======  ========  ===========  =========================================
+preset      L      D     F     H / K    head dim  parameters   source
+==========  =====  ====  ====  =======  ========  ===========  =========================================
+paper100m   12     768   3072  12 / 2   64        103,170,816  release model_configs/qwen2_100M
+release45m  12     576   1536  8 / 4    72        45,089,856   release .../difficulty_qwen2_100M
+small       10     256   1024  8 / 2    32        10,075,136   ours
+tiny        4      128   384   4 / 2    32        1,070,208    ours
+micro       2      32    64    4 / 2    8         89,120       ours
+==========  =====  ====  ====  =======  ========  ===========  =========================================
+
+All: vocab 2,200, RoPE theta 1e6, RMSNorm eps 1e-6, tied embeddings, 2,048 positions. A checkpoint
+directory (HF config.json or a run's lineage) carries its own architecture: loading one never needs a
+preset name (interplay_jax.sampling.policy).
+
 Activations use the [B, T, heads, head_dim] layout; attention regroups queries as [B, K, G*T, Dh]
 (G = H/K query heads per KV head) so GQA is two batched matmuls and K/V are never repeated. On CPU
 the q/k/v and gate/up kernels are concatenated at use into one matmul each (params stay separate so
@@ -45,6 +61,9 @@ from interplay_jax.errors import ConfigError
 
 ATTENTION_IMPLS = ("auto", "einsum", "jax", "cudnn")
 DTYPES = ("float32", "bfloat16", "float16")
+# ModelConfig fields that change how the model runs but not its parameters' shapes: a checkpoint's
+# own config (an HF config.json, a run's lineage) fixes the rest, these may still come from a config.
+RUNTIME_FIELDS = ("dtype", "param_dtype", "remat", "attention")
 
 
 # ----------------------------------------------------------------------------------------- config
@@ -119,8 +138,13 @@ class ModelConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # The study's model (the release's qwen2_100M config.json): 103,170,816 parameters.
+    # The study's model: the release's model_configs/qwen2_100M/config.json (12 x 768, MLP 3072,
+    # 12 / 2 heads of 64), loaded by its 10B-token pre-training configs: 103,170,816 parameters.
     "paper100m": dict(),
+    # The release's LLaMA-Factory/model_configs/difficulty_qwen2_100M/config.json (12 x 576, MLP 1536,
+    # 8 / 4 heads of 72; same vocab, RoPE, norms, tied embeddings), loaded by its 5B-token
+    # LLaMA-Factory/examples/difficulty/debug.yaml: 45,089,856 parameters despite the name.
+    "release45m": dict(hidden_size=576, intermediate_size=1536, num_heads=8, num_kv_heads=4, head_dim=72),
     # ~10M: the CPU benchmark / scaled-down experiments.
     "small": dict(hidden_size=256, intermediate_size=1024, num_layers=10, num_heads=8, num_kv_heads=2,
                   head_dim=32),

@@ -6,6 +6,10 @@ model config and tokenizer.
 * an HF directory (``config.json`` + safetensors / pytorch_model.bin + ``tokenizer.json``), e.g. the
   study's released checkpoints: the architecture comes from its config.json.
 A missing or wrong-shaped checkpoint is one ConfigError line.
+
+The same two kinds of parent serve the training stages' ``init_from``: ``parent_model_config`` (the
+parent's architecture), ``init_model_config`` (the model a pretrain / midtrain stage builds) and
+``load_params`` (the parent's params, placed with the stage's shardings).
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from flax import nnx
 from interplay_jax import checkpoint as ckpt
 from interplay_jax.errors import ConfigError
 from interplay_jax.model import hf
-from interplay_jax.model.qwen2 import ModelConfig, abstract_model, model_config_from_dict
+from interplay_jax.model.qwen2 import RUNTIME_FIELDS, ModelConfig, abstract_model, model_config_from_dict
 from interplay_jax.task.tokenizer import Tokenizer, default_tokenizer_path
 
 
@@ -49,6 +53,39 @@ def run_model_config(run_dir, **overrides) -> ModelConfig:
     if not spec.get("preset"):
         raise ConfigError(f"{run_dir}/lineage.json records no model config")
     return model_config_from_dict({**spec, **overrides})
+
+
+def parent_model_config(path, **overrides) -> ModelConfig:
+    """The architecture of a parent checkpoint: an HF directory's config.json, or the model a run
+    dir (or one of its checkpoints) recorded in its lineage; ``overrides`` set fields."""
+    if is_hf_dir(path):
+        return hf.read_config(path, **overrides)
+    run_dir, _ = ckpt.resolve_checkpoint(path)
+    return run_model_config(run_dir, **overrides)
+
+
+def init_model_config(spec, init_from: str = "") -> ModelConfig:
+    """The model a pre-/mid-training stage builds from its ``model`` block ``spec``. When
+    ``init_from`` is an HF directory the architecture is that checkpoint's (its config.json, so a
+    released checkpoint of either shape trains without naming a preset) and only the block's
+    runtime fields (dtype, param_dtype, remat, attention) apply; otherwise the block as given."""
+    if init_from and is_hf_dir(init_from):
+        block = spec.to_dict() if hasattr(spec, "to_dict") else dict(spec)
+        return hf.read_config(init_from, **{k: block[k] for k in RUNTIME_FIELDS if block.get(k) is not None})
+    return model_config_from_dict(spec)
+
+
+def load_params(path, target, step: int | None = None):
+    """``(params, run_dir, step)`` of a parent: an HF directory (step 0) or a run dir / one of its
+    checkpoints (latest or ``step``), shaped, typed and sharded like ``target`` (a tree of
+    ``jax.ShapeDtypeStruct`` with shardings, e.g. ``checkpoint.abstract_target(...)["params"]``)."""
+    if not is_hf_dir(path):
+        return ckpt.restore_params(path, target=target, step=step)
+    model, _ = hf.load(path)
+    params = nnx.split(model, nnx.Param)[1]
+    _check_shapes(target, params, f"HF checkpoint {path}")
+    placed = jax.tree.map(lambda t, x: jax.device_put(np.asarray(x, t.dtype), t.sharding), target, params)
+    return placed, pathlib.Path(path).absolute(), 0
 
 
 def load_policy(path, tokenizer: str | None = None, name: str | None = None, step: int | None = None,

@@ -23,7 +23,7 @@ from interplay_jax.model.qwen2 import ModelConfig, model_config_from_dict
 from interplay_jax.rl import grpo, memory
 from interplay_jax.rl.data import SOURCES, prompt_source_from_config, rl_mixture
 from interplay_jax.rl.producer import RolloutProducer, RolloutSettings
-from interplay_jax.sampling.policy import run_model_config
+from interplay_jax.sampling.policy import is_hf_dir, load_params, parent_model_config, run_model_config
 from interplay_jax.stages.edge import resolve_edge
 from interplay_jax.stages.skeleton import StageRun, load_tokenizer
 from interplay_jax.task.rewards import get_reward
@@ -65,8 +65,8 @@ def run(config):
     if gcfg.kl_coef > 0:
         if start.parent is None:
             raise ConfigError(f"{run.workdir}: cannot find the parent run for the KL reference (no lineage parent)")
-        ref_params, _, _ = ck.restore_params(start.parent["run_dir"], target=target["params"],
-                                             step=int(start.parent["step"]))
+        ref_params, _, _ = load_params(start.parent["run_dir"], target["params"],  # run dir or HF dir
+                                       step=int(start.parent["step"]))
         logprob_fn = grpo.make_logprob_fn(graphdef, temperature=gcfg.temperature, micro_batch_size=mb, mesh=run.mesh,
                                           param_shardings=shardings["params"], batch_sharding=bsh)
     update = make_update(mb)
@@ -174,14 +174,13 @@ def total_steps(config, num_prompts_available: int | None = None) -> int:
 
 
 def model_config_for(config) -> ModelConfig:
-    """The config's model, or (when ``model.preset`` is empty) the parent run's model from its lineage,
-    with the config's non-None fields as overrides."""
+    """The config's model, or (when ``model.preset`` is empty) the parent's model (a run's lineage, or
+    an HF directory's config.json), with the config's non-None fields as overrides."""
     m = config.model.to_dict()
     if m.get("preset"):
         return model_config_from_dict(m)
-    run_dir, _ = ck.resolve_checkpoint(str(config.init_from))
     overrides = {k: v for k, v in m.items() if k != "preset" and v is not None}
-    return run_model_config(run_dir, **overrides)
+    return parent_model_config(str(config.init_from), **overrides)  # a run's lineage or an HF config.json
 
 
 def grpo_config(config) -> grpo.GRPOConfig:
@@ -266,4 +265,5 @@ def validate(config, check_files: bool = True) -> None:
         require(bool(str(config.init_from)), "rl: init_from is empty; set --config.init_from=<pre-training or "
                                              "mid-training run dir> (GRPO starts from a trained model)")
         step = int(config.get("init_step", -1))
-        ck.resolve_checkpoint(str(config.init_from), None if step < 0 else step)  # missing -> ConfigError
+        if not is_hf_dir(str(config.init_from)):
+            ck.resolve_checkpoint(str(config.init_from), None if step < 0 else step)  # missing -> ConfigError

@@ -27,6 +27,7 @@ from absl import logging as absl_logging
 
 from interplay_jax import checkpoint as ck
 from interplay_jax.errors import ConfigError
+from interplay_jax.sampling.policy import is_hf_dir, load_params
 from interplay_jax.task.tokenizer import Tokenizer, default_tokenizer_path, file_digest
 from interplay_jax.train import sharding as shd
 from interplay_jax.train.loop import ScalarWriter
@@ -41,9 +42,13 @@ def quiet_logs() -> None:
 
 
 def load_tokenizer(config) -> tuple[Tokenizer, dict]:
-    """The config's ``tokenizer`` (a tokenizer.json), or the default tokenizer when it is empty
+    """The config's ``tokenizer`` (a tokenizer.json); when it is empty, the tokenizer.json of an HF
+    ``init_from`` directory (a released checkpoint comes with its own), else the default tokenizer
     (built once and cached). Returns (tokenizer, {"path", "sha256"}) for the lineage."""
     path = str(config.get("tokenizer", "") or "")
+    init_from = str(config.get("init_from", "") or "")
+    if not path and init_from and is_hf_dir(init_from) and (pathlib.Path(init_from) / "tokenizer.json").is_file():
+        path = str(pathlib.Path(init_from) / "tokenizer.json")
     if not path:
         path = str(default_tokenizer_path(progress=bool(config.get("progress", True))))
     p = pathlib.Path(path)
@@ -82,8 +87,8 @@ class StageRun:
 
     # ------------------------------------------------------------------ state
     def start(self, abstract_state, shardings, tx, fresh: Callable[[], Any] | None = None) -> Start:
-        """Resume from this run's latest checkpoint; else the params of ``init_from`` (a run dir or
-        one of its checkpoints) with a fresh optimizer; else ``fresh()`` (a new state)."""
+        """Resume from this run's latest checkpoint; else the params of ``init_from`` (a run dir, one
+        of its checkpoints, or an HF directory) with a fresh optimizer; else ``fresh()`` (a new state)."""
         target = ck.abstract_target(abstract_state, shardings)
         latest = self.checkpointer.latest_step()
         if latest is not None:
@@ -91,6 +96,8 @@ class StageRun:
             print(f"{self.stage}: resuming {self.workdir} from step {latest}")
             return Start(state, int(latest), data_state, meta.get("parent"))
         init_from = str(self.config.get("init_from", "") or "")
+        if init_from and is_hf_dir(init_from):
+            return self._start_from_hf(init_from, target, shardings, tx)
         if init_from:
             init_step = int(self.config.get("init_step", -1))
             params, prun, pstep = ck.restore_params(init_from, target=target["params"],
@@ -104,6 +111,16 @@ class StageRun:
         lineage = self.workdir / ck.LINEAGE_FILE
         parent = ck.read_lineage(self.workdir).get("parent") if lineage.exists() else None
         return Start(fresh(), 0, None, parent)
+
+    def _start_from_hf(self, path: str, target, shardings, tx) -> Start:
+        """``init_from`` an HF directory (e.g. a released checkpoint): its params with a fresh
+        optimizer; the stage built its model from the directory's config.json
+        (``sampling.policy.init_model_config`` / ``parent_model_config``), so the shapes agree."""
+        params, hf_dir, _ = load_params(path, target["params"])
+        state = {"step": jax.device_put(np.zeros((), np.int32), shardings["step"]), "params": params,
+                 "opt_state": jax.jit(tx.init, out_shardings=shardings["opt_state"])(params)}
+        print(f"{self.stage}: starting from HF checkpoint {hf_dir} (params; fresh optimizer and schedule)")
+        return Start(state, 0, None, {"run_dir": str(hf_dir), "step": 0})
 
     def finished(self, start: Start, total_steps: int) -> bool:
         return start.step >= total_steps and (self.workdir / SUMMARY_FILE).is_file()

@@ -22,7 +22,7 @@ from interplay_jax.data import pipeline as dp
 from interplay_jax.errors import ConfigError
 from interplay_jax.eval.evalset import eval_item
 from interplay_jax.eval.evaluate import make_eval_fn
-from interplay_jax.model.qwen2 import model_config_from_dict
+from interplay_jax.sampling.policy import init_model_config, is_hf_dir
 from interplay_jax.stages.skeleton import StageRun, load_tokenizer
 from interplay_jax.task.formats import format_document
 from interplay_jax.task.mixture import get_mixture
@@ -34,7 +34,7 @@ from interplay_jax.train.loop import Loop, LoopSettings
 
 def run(config):
     run = StageRun(config)
-    model_cfg = model_config_from_dict(config.model)
+    model_cfg = init_model_config(config.model, str(config.init_from))  # an HF parent: its config.json
     steps = total_steps(config)
     shd.check_divisibility(model_cfg, run.mesh, int(config.batch_size), int(config.grad_accum_steps))
     shd.check_divisibility(model_cfg, run.mesh, int(config.eval.batch_size))
@@ -103,7 +103,7 @@ def validate(config, check_files: bool = True) -> None:
     require(str(config.workdir) != "", f"{stage}: workdir is empty")
     mixture_of(config)                                   # unknown op / context / mode -> ConfigError
     parse_buckets(config.eval.buckets)
-    model_cfg = model_config_from_dict(config.model)
+    model_cfg = init_model_config(config.model, str(config.init_from))
     seq_len, batch = int(config.seq_len), int(config.batch_size)
     require(seq_len > 1 and batch > 0, f"{stage}: seq_len={seq_len} and batch_size={batch} must be positive")
     require(seq_len <= model_cfg.max_position_embeddings,
@@ -130,7 +130,7 @@ def validate(config, check_files: bool = True) -> None:
         require(train_dir.is_dir(), f"{stage}: data.data_dir={config.data.data_dir!r} has no train/ directory "
                                     f"(expected the published layout train/op<N>/*.jsonl)")
     resuming = bool(ck.complete_steps(str(config.workdir)))
-    if str(config.init_from) and not resuming:
+    if str(config.init_from) and not resuming and not is_hf_dir(str(config.init_from)):
         step = int(config.get("init_step", -1))
         ck.resolve_checkpoint(str(config.init_from), None if step < 0 else step)  # missing -> ConfigError
     if stage == "midtrain":
