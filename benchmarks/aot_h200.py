@@ -1,36 +1,24 @@
 """Compile the pre-training step for a virtual NVIDIA H200 on a machine without one, and report
 whether the compiled HLO holds cuDNN fused (flash) attention and how much memory it asks for.
 
-    PYTHONPATH="$HOME/.cache/jax-cuda-plugin:$PWD" JAX_PLATFORMS=cpu \
-        python benchmarks/aot_h200.py --preset release45m --batch 16 [--attention cudnn,auto,jax]
+    python benchmarks/aot_h200.py --preset release45m --batch 16 [--attention cudnn,auto,jax]
 
-Needs ../shared/tools/aot.py and the CUDA compiler plugin it documents (pip install --target, no
-GPU). The step is ``train.lm_step.make_lm_step`` (full AdamW update, bf16 compute, fp32 params and
-moments, seq 2048, one device, no remat), lowered with abstract inputs only. Attention "auto"
-chooses its path from ``jax.default_backend()`` at trace time, which is "cpu" here; the step is
-therefore traced as on a GPU host (``default_backend`` reads "gpu" while lowering), so "auto" and
-the CPU-only fused projections resolve exactly as they would on the H200; jax's Python-side cuDNN
-version probe (no libcudnn on this host) reads the target's cuDNN 9.24. jax's compute-capability
-probe still sees no GPU and applies the pre-Hopper head-dim limit (<= 128, a multiple of 8), the
-stricter one: a head dim it accepts is accepted on the H200 too.
+Needs ../shared/tools/aot.py and the CUDA compiler plugin (benchmarks/virtual_h200.py; no GPU). The
+step is ``train.lm_step.make_lm_step`` (full AdamW update, bf16 compute, fp32 params and moments,
+seq 2048, one device, no remat), lowered with abstract inputs only, traced as on a GPU host
+(``virtual_h200.as_gpu_host``: "auto" resolves exactly as on the H200).
 One line per attention setting: temp / argument / output GiB, temp + args (calibrated against a real
 H200: within ~5% of the measured peak) and the count of ``__cudnn$fmha`` custom calls.
 """
 from __future__ import annotations
 
 import argparse
-import pathlib
 import sys
 import types
-from unittest import mock
 
-import jax
-import jax.numpy as jnp
-from jax._src.cudnn import fused_attention_stablehlo
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO.parent / "shared" / "tools"))
+import virtual_h200  # before jax: CPU platform + the CUDA plugin's compiler
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 
 from interplay_jax import checkpoint as ck  # noqa: E402
 from interplay_jax.model.qwen2 import model_config  # noqa: E402
@@ -38,21 +26,15 @@ from interplay_jax.train import lm_step, optim  # noqa: E402
 from interplay_jax.train import sharding as shd  # noqa: E402
 
 
-TARGET_CUDNN = 92400  # cuDNN 9.24, the dnn_version of aot.H200_TARGET
-
-
-def compile_step(preset: str, attention: str, batch: int, seq: int, dtype: str, remat: bool, aot):
+def compile_step(preset: str, attention: str, batch: int, seq: int, dtype: str, remat: bool):
     cfg = model_config(preset, dtype=dtype, attention=attention, remat=remat, max_position_embeddings=max(seq, 2048))
     ocfg = types.SimpleNamespace(lr=1e-4, min_lr=3e-5, warmup_steps=10, total_steps=1000, schedule="cosine",
                                  b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.1, grad_clip=1.0)
     schedule = optim.make_schedule(ocfg)
     tx = optim.make_optimizer(ocfg, schedule)
-    device = next(iter(aot.h200().device_set))
+    device = next(iter(virtual_h200.device().device_set))
     mesh = shd.make_mesh(1, 1, 1, devices=[device])
-    # trace as a GPU host would: "gpu" backend, and the target's cuDNN (9.24 in aot.H200_TARGET; this
-    # host has no libcudnn for jax's version probe, which only gates the Python-side checks)
-    with mock.patch.object(jax, "default_backend", lambda: "gpu"), \
-            mock.patch.object(fused_attention_stablehlo, "check_cudnn_version", lambda: TARGET_CUDNN):
+    with virtual_h200.as_gpu_host():
         graphdef, abstract = lm_step.abstract_state(cfg, tx)
         shardings = shd.state_shardings(abstract, mesh)
         state = ck.abstract_target(abstract, shardings)
@@ -82,7 +64,7 @@ def main(argv=None):
         for attention in a.attention.split(","):
             name = f"{preset} attention={attention}"
             try:
-                cfg, compiled = compile_step(preset, attention, a.batch, a.seq, a.dtype, bool(a.remat), aot)
+                cfg, compiled = compile_step(preset, attention, a.batch, a.seq, a.dtype, bool(a.remat))
             except Exception as e:  # report and go on: one setting must not hide the others
                 failed += 1
                 print(f"{name}: FAILED {type(e).__name__}: {str(e).splitlines()[0][:300]}", flush=True)

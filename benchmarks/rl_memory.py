@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-import virtual_h200  # noqa: F401  (before jax: CPU platform + the CUDA plugin's compiler)
+import virtual_h200  # before jax: CPU platform + the CUDA plugin's compiler
 import jax  # noqa: E402
 import optax  # noqa: E402
 
@@ -37,12 +37,10 @@ def main():
     ap.add_argument("--decode-chunk", type=int, default=128)
     ap.add_argument("--kl", type=float, default=1e-3)
     ap.add_argument("--remat", action="store_true")
-    ap.add_argument("--attention", default="cudnn", help="what 'auto' resolves to on a GPU: cudnn")
     a = ap.parse_args()
     device = virtual_h200.device()
 
-    # the model picks its attention from the backend it is traced on (CPU here): name the GPU's
-    cfg = model_config(a.preset, dtype=a.dtype, remat=a.remat, attention=a.attention,
+    cfg = model_config(a.preset, dtype=a.dtype, remat=a.remat,
                        max_position_embeddings=max(2048, a.prompt + a.response))
     tx = optax.adamw(1e-6, weight_decay=0.01)
     graphdef, abstract = lm_step.abstract_state(cfg, tx)
@@ -52,11 +50,12 @@ def main():
     micro = a.micro or None
     gcfg = grpo.GRPOConfig(kl_coef=a.kl)
     step = grpo.make_grpo_step(graphdef, tx, gcfg, num_minibatches=a.minibatches, micro_batch_size=micro)
-    u = memory.update_bytes(step, state, rows, a.prompt + a.response, a.response, kl=a.kl > 0, sampler_old=False,
-                            sharding=device)
     sampler = Sampler(graphdef, cfg, decode_chunk=a.decode_chunk)
-    s = memory.sampler_bytes(sampler, state["params"], prompts=a.prompts, prompt_len=a.prompt, n=a.n,
-                             max_new_tokens=a.response, stop_ids=(3, 9), sharding=device)
+    with virtual_h200.as_gpu_host():       # "auto" attention resolves as on the H200 (cuDNN flash)
+        u = memory.update_bytes(step, state, rows, a.prompt + a.response, a.response, kl=a.kl > 0, sampler_old=False,
+                                sharding=device)
+        s = memory.sampler_bytes(sampler, state["params"], prompts=a.prompts, prompt_len=a.prompt, n=a.n,
+                                 max_new_tokens=a.response, stop_ids=(3, 9), sharding=device)
     mini = rows // a.minibatches
     print(f"model {a.preset} ({cfg.num_params() / 1e6:.1f}M params, {a.dtype}{', remat' if a.remat else ''}), "
           f"virtual {device.device_set.pop().device_kind if hasattr(device, 'device_set') else 'H200'}")

@@ -175,3 +175,14 @@ def test_jsonl_prompts_come_from_one_split_and_never_from_eval(tmp_path):
     c.data.exclude = str(tmp_path / "data" / "heldout")
     with pytest.raises(ConfigError, match="no RL prompts left"):
         rl_data.prompt_source_from_config(c)
+
+
+def test_preflight_refuses_an_update_that_cannot_fit(parent, tmp_path, monkeypatch):
+    """With a (pretend) 1 MiB device the preflight stops before any rollout, in one line naming the
+    setting to change."""
+    from interplay_jax.rl import memory
+    monkeypatch.setattr(memory, "device_bytes", lambda device=None: 1 << 20)
+    c = _config(parent, tmp_path / "w", micro_batch_size=2)
+    with pytest.raises(ConfigError, match=r"the update needs .* GiB but the device has .*rl.micro_batch_size"):
+        run_config(c)
+    assert not (tmp_path / "w" / "samples.jsonl").exists()   # no rollout was sampled

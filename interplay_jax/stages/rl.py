@@ -129,9 +129,10 @@ def _preflight(config, update, produce, target, bsh, micro) -> None:
                                         max_new_tokens=int(r.max_response_len), stop_ids=produce.tokenizer.stop_ids)
     print(f"rl: preflight: update {memory.gib(need_update)} GiB (micro-batch {micro or 'whole'}), sampler "
           f"{memory.gib(need_sampler)} GiB, device {memory.gib(budget)} GiB")
+    now = micro or "the whole mini-batch"
     require(need_update <= budget, f"rl: the update needs {memory.gib(need_update)} GiB but the device has "
-                                   f"{memory.gib(budget)} GiB: lower rl.micro_batch_size (now {micro or 'the whole '
-                                   'mini-batch'}) or set --config.model.remat=True")
+                                   f"{memory.gib(budget)} GiB: lower rl.micro_batch_size (now {now}) or set "
+                                   f"--config.model.remat=True")
     require(need_sampler <= budget, f"rl: the sampler needs {memory.gib(need_sampler)} GiB but the device has "
                                     f"{memory.gib(budget)} GiB: lower rl.rollout_batch_prompts (prompts per "
                                     f"sampler call; now {int(r.rollout_batch_prompts or 0) or 'all'})")
