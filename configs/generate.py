@@ -5,6 +5,9 @@ Presets: ``tiny`` (a few hundred records, seconds), and every named mixture of t
 ``ctxB10``, ``mid``, ``rl7-10``, ``rl9-12``, ``rl11-14``, ``rl17-20``, ``rl_uniform``) at a modest
 default size; scale with ``--config.splits.train=N``. ``mixture`` is a preset name or a list of
 components ``{"ops": [...], "weight": w, "contexts": ["A", ...], "modes": [...]}``.
+``tokens`` (e.g. ``configs/generate.py:base,tokens --config.train_tokens=1e9 --config.workers=16``): the
+train split as pre-tokenized token shards (generate once, train many runs with ``data.source=tokens``);
+``--config.source=jsonl --config.data_dir=DIR`` converts the published dataset's train split instead.
 """
 import ml_collections
 
@@ -13,7 +16,9 @@ from interplay_jax.task.mixture import PRESETS
 
 
 def get_config(arg=None):
-    preset = parse_preset(arg, "configs/generate.py", preset=(("tiny",) + tuple(PRESETS), "tiny"))["preset"]
+    p = parse_preset(arg, "configs/generate.py", preset=(("tiny",) + tuple(PRESETS), "tiny"),
+                     format=(("jsonl", "tokens"), "jsonl"))
+    preset = p["preset"]
     c = ml_collections.ConfigDict()
     c.stage = "generate"
     c.workdir = f"runs/data/{preset}"
@@ -23,8 +28,18 @@ def get_config(arg=None):
     # written in this order; each split excludes the hashes of the splits before it
     c.splits = ml_collections.ConfigDict({"eval": 200, "heldout": 200, "train": 100_000})
     c.shard_size = 10_000
+    # format "tokens": the train split as token shards in WORKDIR/tokens/ (train with data.source=tokens)
+    c.format = p["format"]
+    c.train_tokens = 100_000_000       # the train split's size in tokens (format tokens)
+    c.shard_docs = 65_536              # documents a token shard (each shard is generated independently)
+    c.workers = 0                      # processes generating shards (0: this one)
+    c.tokenizer = ""                   # "" = the default tokenizer (built once, cached)
+    c.source = "mixture"               # "mixture" | "jsonl": convert data_dir's train split (published layout)
+    c.data_dir = ""
     c.progress = True
     if preset == "tiny":
         c.splits = ml_collections.ConfigDict({"eval": 20, "heldout": 20, "train": 300})
         c.shard_size = 100
+        c.train_tokens = 200_000
+        c.shard_docs = 100
     return c

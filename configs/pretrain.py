@@ -48,12 +48,18 @@ def train_config(stage: str, mixture: str, scale: str) -> ml_collections.ConfigD
         data_dir="",
         exclude="",                    # comma-separated JSONL files/dirs never to train on (e.g. eval sets)
         buffer_docs=256,               # first-fit-decreasing packing window (documents)
-        num_threads=1))                # grain read threads (tokenize + generate)
+        num_threads=1,                 # grain read threads (generate) in each process
+        workers=8,                     # worker processes generating, tokenizing and packing (0: in-process);
+                                       # a run resumes only with the count it started with
+        worker_buffer=2,               # batches each worker prepares ahead
+        prefetch=2))                   # batches put on the device ahead of the step
     c.init_from = ""                   # parent run dir (or its checkpoints/<step>): params only
     c.init_step = -1                   # parent checkpoint step (-1: its latest)
     c.model = ml_collections.ConfigDict(dict(preset="paper100m", dtype="bfloat16"))
     c.seq_len = 2048
     c.batch_size = 256                 # global rows per optimizer step
+    c.per_device_batch = 32            # rows per device per micro-step: grad accumulation follows
+                                       # (256 / (32 x 1 GPU) = 8 micro-steps; 1 on 8 GPUs); 0: use grad_accum_steps
     c.grad_accum_steps = 1
     c.total_tokens = 10_000_000_000
     c.total_steps = 0                  # > 0 overrides total_tokens
@@ -88,6 +94,8 @@ def train_config(stage: str, mixture: str, scale: str) -> ml_collections.ConfigD
         c.model = ml_collections.ConfigDict(dict(preset="tiny", dtype="float32"))
         c.seq_len = 1024
         c.batch_size = 8
+        c.per_device_batch = 0
+        c.data.workers = 0
         c.total_tokens = 8 * 1024 * 200          # 200 steps
         c.ckpt_every = 50
         c.eval_every = 50

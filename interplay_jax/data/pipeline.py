@@ -1,12 +1,15 @@
 """The grain data pipeline for next-token training (pre-training and mid-training).
 
-    source (generator: record per global index | JSONL files, token budget per op)
+    source (generator: record per global index | JSONL files, token budget per op | token shards)
       -> [process_index::process_count]      per-host shard of the record stream
       -> filter (drop any record whose content hash is held out / in an eval split)
-      -> tokenize (document + EOS)
       -> to_iter_dataset (thread prefetch)
-      -> FFDPackIterDataset: first-fit-decreasing packing into seq_len over a buffer of documents
+      -> FFDPackIterDataset: tokenize a buffer of documents at once (the tokenizers library's batch
+         encoding, in Rust threads outside the GIL; token shards come tokenized) and pack it
+         first-fit-decreasing into rows of seq_len
       -> batch(B)  ->  dict(tokens, segment_ids, positions) int32 [B, T]
+      -> mp_prefetch (``workers`` > 0): each worker process runs all of the above on its own slice
+         of the record stream (records w, w + workers, ...); the main process interleaves batches.
 
 ``segment_ids`` numbers the documents of a row 1, 2, ... and is 0 on padding; ``positions`` restart
 at 0 in every document. Documents are never split; a document longer than seq_len is dropped and
@@ -19,7 +22,6 @@ import pathlib
 from typing import Any, Callable, Iterable, Sequence
 
 import grain
-import jax
 import numpy as np
 
 from interplay_jax.errors import DataError
@@ -139,9 +141,10 @@ def pack_row(docs: Sequence[np.ndarray], seq_len: int, pad_id: int) -> dict:
 
 
 class _FFDPackIterator(grain.DatasetIterator):
-    def __init__(self, parent, seq_len: int, buffer_docs: int, pad_id: int):
+    def __init__(self, parent, seq_len: int, buffer_docs: int, pad_id: int, encode_batch=None):
         super().__init__(parent)
         self._seq_len, self._buffer_docs, self._pad_id = seq_len, buffer_docs, pad_id
+        self._encode_batch = encode_batch
         self._buffer_start = parent.get_state()  # parent state before the current buffer
         self._rows: list[dict] = []
         self._emitted = 0          # rows of the current buffer already returned
@@ -155,12 +158,16 @@ class _FFDPackIterator(grain.DatasetIterator):
 
     def _fill(self) -> None:
         self._buffer_start = self._parent.get_state()
-        docs, dropped = [], 0
+        items = []
         for _ in range(self._buffer_docs):
             try:
-                d = next(self._parent)
+                items.append(next(self._parent))
             except StopIteration:
                 break
+        if self._encode_batch is not None and items:
+            items = self._encode_batch(items)
+        docs, dropped = [], 0
+        for d in items:
             d = np.asarray(d, np.int32)
             if len(d) > self._seq_len or len(d) == 0:
                 dropped += 1
@@ -198,15 +205,19 @@ class _FFDPackIterator(grain.DatasetIterator):
 
 
 class FFDPackIterDataset(grain.IterDataset):
-    """Packs a stream of 1-D token arrays into rows of ``seq_len`` with first-fit-decreasing over
-    a buffer of ``buffer_docs`` documents (documents never split; too long ones dropped)."""
+    """Packs a stream of documents into rows of ``seq_len`` with first-fit-decreasing over a buffer of
+    ``buffer_docs`` documents (documents never split; too long ones dropped). The stream holds 1-D
+    token arrays, or records that ``encode_batch(records) -> [token ids]`` tokenizes a buffer at a time."""
 
-    def __init__(self, parent: grain.IterDataset, seq_len: int, buffer_docs: int = 256, pad_id: int = 1):
+    def __init__(self, parent: grain.IterDataset, seq_len: int, buffer_docs: int = 256, pad_id: int = 1,
+                 encode_batch: Callable[[list], list] | None = None):
         super().__init__(parent)
         self._seq_len, self._buffer_docs, self._pad_id = int(seq_len), int(buffer_docs), int(pad_id)
+        self._encode_batch = encode_batch
 
     def __iter__(self) -> _FFDPackIterator:
-        return _FFDPackIterator(self._parent.__iter__(), self._seq_len, self._buffer_docs, self._pad_id)
+        return _FFDPackIterator(self._parent.__iter__(), self._seq_len, self._buffer_docs, self._pad_id,
+                                self._encode_batch)
 
     def __str__(self) -> str:
         return f"FFDPackIterDataset(seq_len={self._seq_len}, buffer_docs={self._buffer_docs})"
@@ -215,44 +226,51 @@ class FFDPackIterDataset(grain.IterDataset):
 # ---------------------------------------------------------------------------- the pipeline
 
 
-def build_dataset(source, encode: Callable[[dict], Sequence[int]], *, seq_len: int, batch_size: int,
-                  pad_id: int, exclude_hashes: Iterable[str] = (), buffer_docs: int = 256,
-                  shuffle_seed: int | None = None, num_epochs: int | None = 1,
-                  num_threads: int = 1, process_index: int | None = None,
-                  process_count: int | None = None) -> grain.IterDataset:
+def build_dataset(source, encode_batch: Callable[[list], list] | None, *, seq_len: int, batch_size: int,
+                  pad_id: int, process_index: int = 0, process_count: int = 1, exclude_hashes: Iterable[str] = (),
+                  buffer_docs: int = 256, shuffle_seed: int | None = None, num_epochs: int | None = 1,
+                  num_threads: int = 1, workers: int = 0, worker_buffer: int = 2) -> grain.IterDataset:
     """The training dataset of one host: batches dict(tokens, segment_ids, positions) [B, T].
 
     ``source``: any ``__len__/__getitem__`` of records (e.g. :class:`GeneratorSource` or a list of
-    JSONL records). ``encode(record)`` -> token ids of the document + EOS. ``batch_size`` is the
-    per-host batch. ``shuffle_seed``: shuffle a finite source (JSONL); the generator source is
-    already random per index. ``num_epochs``: passes over a finite source (None: forever).
+    JSONL records, then ``encode_batch(records) -> [document + EOS ids]``) or of token arrays (token
+    shards; ``encode_batch=None``). ``batch_size`` is the per-host batch. ``shuffle_seed``: shuffle a
+    finite source; the generator source is already random per index. ``num_epochs``: passes over a
+    finite source (None: forever). ``workers`` > 0: that many worker processes, each running the
+    pipeline on its own slice of the stream, ``worker_buffer`` batches ahead (the batch order then
+    depends on the worker count: a run must resume with the same one).
     """
-    pi = jax.process_index() if process_index is None else process_index
-    pc = jax.process_count() if process_count is None else process_count
     ds = grain.MapDataset.source(source)
     if shuffle_seed is not None:
         ds = ds.shuffle(seed=int(shuffle_seed))
     if num_epochs != 1:
         ds = ds.repeat(num_epochs)
-    ds = ds[pi::pc]
+    ds = ds[process_index::process_count]
     excluded = frozenset(exclude_hashes)
     if excluded:
         ds = ds.filter(lambda r: record_hash(r) not in excluded)
-    ds = ds.map(lambda r: np.asarray(encode(r), np.int32))
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4 * buffer_docs
                                               if num_threads else 0))
-    it = FFDPackIterDataset(it, seq_len, buffer_docs=buffer_docs, pad_id=pad_id)
-    return it.batch(batch_size, drop_remainder=True)
+    it = FFDPackIterDataset(it, seq_len, buffer_docs=buffer_docs, pad_id=pad_id, encode_batch=encode_batch)
+    it = it.batch(batch_size, drop_remainder=True)
+    if workers > 0:
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(workers),
+                                                         per_worker_buffer_size=int(worker_buffer)))
+    return it
 
 
 def dropped_documents(iterator) -> int:
-    """How many too-long documents the packer inside ``iterator`` has dropped so far."""
-    state = iterator.get_state()
-    while isinstance(state, dict):
-        if "dropped" in state and "emitted" in state:
-            return int(state["dropped"])
-        state = state.get("parent")
-    return 0
+    """How many too-long documents the packers inside ``iterator`` have dropped so far (summed over
+    worker processes)."""
+    def walk(state) -> int:
+        if isinstance(state, dict):
+            if "dropped" in state and "emitted" in state:
+                return int(state["dropped"])
+            return sum(walk(v) for v in state.values())
+        if isinstance(state, (list, tuple)):
+            return sum(walk(v) for v in state)
+        return 0
+    return walk(iterator.get_state())
 
 
 def eval_batches(records: Sequence[dict], encode: Callable[[dict], Sequence[int]], *, seq_len: int,

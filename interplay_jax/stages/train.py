@@ -19,24 +19,26 @@ import numpy as np
 from interplay_jax import checkpoint as ck
 from interplay_jax.config import parse_buckets, parse_list, require
 from interplay_jax.data import pipeline as dp
+from interplay_jax.data.shards import MANIFEST as SHARD_MANIFEST
+from interplay_jax.data.shards import TokenShardSource, check_shards
 from interplay_jax.errors import ConfigError
 from interplay_jax.eval.evalset import eval_item
 from interplay_jax.eval.evaluate import make_eval_fn
 from interplay_jax.sampling.policy import init_model_config, is_hf_dir
 from interplay_jax.stages.skeleton import StageRun, load_tokenizer
-from interplay_jax.task.formats import format_document
 from interplay_jax.task.mixture import get_mixture
 from interplay_jax.task.writer import hashes_of_paths, read_jsonl, record_hash, split_files, split_seed
 from interplay_jax.train import lm_step, optim
 from interplay_jax.train import sharding as shd
-from interplay_jax.train.loop import Loop, LoopSettings
+from interplay_jax.train.loop import DevicePrefetch, Loop, LoopSettings
 
 
 def run(config):
     run = StageRun(config)
     model_cfg = init_model_config(config.model, str(config.init_from))  # an HF parent: its config.json
     steps = total_steps(config)
-    shd.check_divisibility(model_cfg, run.mesh, int(config.batch_size), int(config.grad_accum_steps))
+    accum = grad_accum_steps(config, run.mesh)
+    shd.check_divisibility(model_cfg, run.mesh, int(config.batch_size), accum)
     shd.check_divisibility(model_cfg, run.mesh, int(config.eval.batch_size))
     schedule, tx = optim.optimizer_for(config.optimizer, steps)
     tokenizer, tok_info = load_tokenizer(config)
@@ -52,23 +54,30 @@ def run(config):
 
     heldout = heldout_records(config, mixture)
     exclude = {record_hash(r) for recs in heldout.values() for r in recs}
-    iterator = iter(build_train_data(config, tokenizer, mixture, exclude, steps))
+    iterator = iter(build_train_data(config, tokenizer, tok_info, mixture, exclude, steps))
     if start.data_state is not None:
-        iterator.set_state(start.data_state)
+        iterator.set_state(_iterator_state(config, start.data_state))
+    batches = DevicePrefetch(iterator, lambda b: shd.make_global_batch(b, run.mesh), int(config.data.prefetch))
     step_fn = lm_step.make_lm_step(graphdef, tx, schedule, mesh=run.mesh, state_shardings=shardings,
-                                   grad_accum_steps=int(config.grad_accum_steps),
-                                   document_mask=bool(config.document_mask))
+                                   grad_accum_steps=accum, document_mask=bool(config.document_mask))
     settings = LoopSettings(total_steps=steps, log_every=int(config.log_every), ckpt_every=int(config.ckpt_every),
                             eval_every=int(config.eval_every), desc=run.stage,
                             progress=bool(config.get("progress", True)),
                             flops_per_token=model_cfg.flops_per_token(int(config.seq_len)),
                             peak_flops=float(config.peak_flops) * jax.device_count())
     eval_fn = make_heldout_eval(config, graphdef, model_cfg, run.mesh, shardings, tokenizer, heldout)
-    result = Loop(settings, **run.hooks(start), eval_fn=eval_fn).run(
-        step_fn, start.state, iterator, start_step=start.step, put_batch=lambda b: shd.make_global_batch(b, run.mesh))
+    loop = Loop(settings, **run.hooks(start), eval_fn=eval_fn)
+    try:
+        result = loop.run(step_fn, start.state, batches, start_step=start.step,
+                          data_state_fn=lambda: {**_data_settings(config), "iterator": batches.get_state()})
+    finally:
+        batches.close()
+        if hasattr(iterator, "close"):
+            iterator.close()
     loss = (result.history[-1] if result.history else {}).get("loss")
     return run.finish(result, steps, model_cfg, start, headline=f", loss {loss:.4f}" if loss is not None else "",
-                      mixture=str(config.mixture), dropped_long_documents=dp.dropped_documents(iterator))
+                      mixture=str(config.mixture), dropped_long_documents=dp.dropped_documents(iterator),
+                      seconds={k: round(v, 1) for k, v in loop.seconds.items()})
 
 
 # ---------------------------------------------------------------------------- config
@@ -79,6 +88,40 @@ def total_steps(config) -> int:
     if int(config.get("total_steps", 0) or 0) > 0:
         return int(config.total_steps)
     return int(config.total_tokens) // (int(config.batch_size) * int(config.seq_len))
+
+
+def grad_accum_steps(config, mesh) -> int:
+    """Micro-steps per optimizer step: ``batch_size`` / (``per_device_batch`` x data-parallel devices)
+    when ``per_device_batch`` is set (the global batch stays as configured on 1 or 1,000 devices),
+    else ``grad_accum_steps``."""
+    per_device = int(config.get("per_device_batch", 0) or 0)
+    if not per_device:
+        return int(config.grad_accum_steps)
+    rows = per_device * shd.batch_size_multiple(mesh)
+    require(int(config.batch_size) % rows == 0,
+            f"{config.stage}: batch_size={config.batch_size} is not a multiple of per_device_batch={per_device} x "
+            f"{shd.batch_size_multiple(mesh)} data-parallel devices")
+    return int(config.batch_size) // rows
+
+
+def _data_settings(config) -> dict:
+    """What the data iterator's checkpointed state depends on: resuming needs the same values."""
+    return {"source": str(config.data.source), "workers": int(config.data.workers),
+            "buffer_docs": int(config.data.buffer_docs)}
+
+
+def _iterator_state(config, saved):
+    """The iterator state of a checkpoint's data state, after checking it was made with this data
+    setting (a state saved by an older version is the bare iterator state, made in-process)."""
+    if not (isinstance(saved, dict) and "iterator" in saved):
+        saved = {"source": str(config.data.source), "workers": 0, "buffer_docs": int(config.data.buffer_docs),
+                 "iterator": saved}
+    now = _data_settings(config)
+    for key, value in now.items():
+        require(saved.get(key) == value, f"{config.stage}: the checkpoint's data stream was made with data.{key}="
+                                         f"{saved.get(key)}, this run has {value}: resume with "
+                                         f"--config.data.{key}={saved.get(key)} (the stream depends on it)")
+    return saved["iterator"]
 
 
 def mixture_of(config):
@@ -117,8 +160,11 @@ def validate(config, check_files: bool = True) -> None:
     for key in ("log_every", "ckpt_every", "eval_every", "keep_checkpoints"):
         require(int(config.get(key, 0)) >= 0, f"{stage}: {key}={config.get(key)} must be >= 0")
     require(int(config.log_every) >= 1, f"{stage}: log_every={config.log_every} must be >= 1")
-    require(config.data.source in ("generator", "jsonl"),
-            f"{stage}: data.source={config.data.source!r}; expected 'generator' or 'jsonl'")
+    require(config.data.source in ("generator", "jsonl", "tokens"),
+            f"{stage}: data.source={config.data.source!r}; expected generator, jsonl or tokens")
+    for key in ("workers", "num_threads", "prefetch", "worker_buffer", "buffer_docs"):
+        require(int(config.data.get(key, 0)) >= 0, f"{stage}: data.{key}={config.data.get(key)} must be >= 0")
+    require(int(config.get("per_device_batch", 0) or 0) >= 0, f"{stage}: per_device_batch must be >= 0")
     require(int(config.eval.batch_size) >= 1, f"{stage}: eval.batch_size must be >= 1")
     if not check_files:
         return
@@ -129,6 +175,8 @@ def validate(config, check_files: bool = True) -> None:
         train_dir = pathlib.Path(str(config.data.data_dir)) / "train"
         require(train_dir.is_dir(), f"{stage}: data.data_dir={config.data.data_dir!r} has no train/ directory "
                                     f"(expected the published layout train/op<N>/*.jsonl)")
+    if config.data.source == "tokens":
+        check_shards(token_dir(config.data.data_dir))   # truncated / missing shard -> one DataError line
     resuming = bool(ck.complete_steps(str(config.workdir)))
     if str(config.init_from) and not resuming and not is_hf_dir(str(config.init_from)):
         step = int(config.get("init_step", -1))
@@ -148,7 +196,7 @@ def heldout_records(config, mixture) -> dict[str, list[dict]]:
     buckets = parse_buckets(config.eval.buckets)
     n = int(config.eval.per_bucket)
     out = {}
-    if config.data.source == "jsonl":
+    if config.data.source in ("jsonl", "tokens"):
         recs = []
         for split in ("heldout", "val"):
             recs = [r for f in split_files(config.data.data_dir, split) for r in read_jsonl(f)]
@@ -169,23 +217,41 @@ def heldout_records(config, mixture) -> dict[str, list[dict]]:
     return out
 
 
-def build_train_data(config, tokenizer, mixture, exclude: set[str], steps: int):
-    """This host's training batches: the generator on the fly, or the JSONL train split with a token
-    budget per op (mixture probability x total tokens), minus ``exclude`` and ``data.exclude``."""
-    exclude = set(exclude) | hashes_of_paths(parse_list(config.data.get("exclude", "")))
+def build_train_data(config, tokenizer, tok_info, mixture, exclude: set[str], steps: int):
+    """This host's training batches: the generator on the fly, the JSONL train split with a token
+    budget per op (mixture probability x total tokens), or token shards, minus ``exclude`` and
+    ``data.exclude`` (token shards: excluded when they were generated)."""
+    d = config.data
     kwargs = dict(seq_len=int(config.seq_len), batch_size=int(config.batch_size) // jax.process_count(),
-                  pad_id=int(tokenizer.pad_id), buffer_docs=int(config.data.buffer_docs),
-                  num_threads=int(config.data.num_threads))
-    if config.data.source == "jsonl":
-        exclude |= dp.heldout_hashes(config.data.data_dir)
+                  pad_id=int(tokenizer.pad_id), buffer_docs=int(d.buffer_docs), num_threads=int(d.num_threads),
+                  workers=int(d.workers), worker_buffer=int(d.worker_buffer), process_index=jax.process_index(),
+                  process_count=jax.process_count())
+    if d.source == "tokens":
+        root = token_dir(d.data_dir)
+        manifest = check_shards(root, tokenizer_sha256=tok_info["sha256"])
+        source = TokenShardSource(root, manifest)
+        need = int(config.batch_size) * int(config.seq_len) * steps
+        if source.tokens < need:
+            msg = f"{root} holds {source.tokens:,} tokens, fewer than this run's {need:,}"
+            require(not bool(d.get("strict", False)), f"{config.stage}: {msg}")
+            print(f"note: {msg}; the data repeat (more than one epoch)")
+        return dp.build_dataset(source, None, shuffle_seed=int(config.seed), num_epochs=None, **kwargs)
+    exclude = set(exclude) | hashes_of_paths(parse_list(d.get("exclude", "")))
+    if d.source == "jsonl":
+        exclude |= dp.heldout_hashes(d.data_dir)
         total = int(config.batch_size) * int(config.seq_len) * steps
         budgets = {op: int(np.ceil(p * total)) for op, p in mixture.op_probs().items()}
-        count = lambda r: len(tokenizer.encode(format_document(r))) + 1  # noqa: E731
-        records = dp.load_train_records(config.data.data_dir, budgets, count)
-        return dp.build_dataset(records, tokenizer.encode_document, shuffle_seed=int(config.seed),
+        records = dp.load_train_records(d.data_dir, budgets, lambda r: len(tokenizer.encode_document(r)))
+        return dp.build_dataset(records, tokenizer.encode_documents, shuffle_seed=int(config.seed),
                                 num_epochs=None, exclude_hashes=exclude, **kwargs)
     source = dp.GeneratorSource(mixture, split_seed(int(config.seed), "train"))
-    return dp.build_dataset(source, tokenizer.encode_document, exclude_hashes=exclude, **kwargs)
+    return dp.build_dataset(source, tokenizer.encode_documents, exclude_hashes=exclude, **kwargs)
+
+
+def token_dir(data_dir) -> pathlib.Path:
+    """The token-shard directory of ``data_dir``: itself, or its ``tokens/`` (the generate stage's)."""
+    p = pathlib.Path(str(data_dir))
+    return p if (p / SHARD_MANIFEST).is_file() else p / "tokens"
 
 
 # ---------------------------------------------------------------------------- eval

@@ -17,7 +17,9 @@ tokens, so ``decode(encode(text)) == text`` for any text without stray special-t
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 import pathlib
 from typing import Iterable, Mapping
 
@@ -41,6 +43,15 @@ def _pre_tokenizer():
     ])
 
 
+def _pre_tokenizer_spec() -> dict:
+    t = HFTokenizer(models.BPE(unk_token=None))
+    t.pre_tokenizer = _pre_tokenizer()
+    return json.loads(t.to_str())["pre_tokenizer"]
+
+
+_PRE_TOKENIZER_SPEC = _pre_tokenizer_spec()
+
+
 class Tokenizer:
     """Thin wrapper over a HF ``tokenizers.Tokenizer`` with the study's special tokens."""
 
@@ -53,6 +64,7 @@ class Tokenizer:
                 raise DataError(f"tokenizer {source}: special token {token!r} has id {got}, expected {expected_id}")
         self.unk_id, self.pad_id, self.bos_id, self.eos_id = (SPECIAL_TOKENS.index(t) for t in (UNK, PAD, BOS, EOS))
         self.answer_close_id = SPECIAL_TOKENS.index(ANSWER_CLOSE)
+        self._pieces: dict[str, list[int]] | None = {} if _splits_at_words(hf_tokenizer) else None
 
     @property
     def stop_ids(self) -> tuple[int, int]:
@@ -106,14 +118,47 @@ class Tokenizer:
 
     def encode_document(self, record: Mapping) -> list[int]:
         """Training document (formats.format_document) + EOS; no BOS."""
-        return self.encode(format_document(record)) + [self.eos_id]
+        return self.encode_text(format_document(record)) + [self.eos_id]
+
+    def encode_documents(self, records: Iterable[Mapping]) -> list[list[int]]:
+        """:meth:`encode_document` of many records."""
+        return [self.encode_document(r) for r in records]
+
+    def encode_text(self, text: str) -> list[int]:
+        """The ids of ``encode(text)``, ~9x faster on the study's documents: the text is cut before
+        every " <ASCII letter>" (always a pre-token boundary of this tokenizer, so BPE never merges
+        across it) and each piece's ids are cached; documents share most pieces ("The number of",
+        " adult bear", ...). Used where the tokenizer passes :func:`_splits_at_words`."""
+        if self._pieces is None:
+            return self.encode(text)
+        cache, out = self._pieces, []
+        if len(cache) > 1 << 20:
+            cache.clear()
+        for piece in _WORD_START.split(text):
+            ids = cache.get(piece)
+            if ids is None:
+                ids = cache[piece] = self.hf.encode(piece, add_special_tokens=False).ids
+            out.extend(ids)
+        return out
 
     def encode_prompt(self, record: Mapping) -> list[int]:
         """RL / eval prompt (formats.format_prompt), ending with the ``<solution>`` token."""
-        return self.encode(format_prompt(record))
+        return self.encode_text(format_prompt(record))
 
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size}, source={self.source!r})"
+
+
+_WORD_START = re.compile(r"(?= [A-Za-z])")
+
+
+def _splits_at_words(hf) -> bool:
+    """Whether " <ASCII letter>" always starts a pre-token of ``hf``: true for the study's
+    pre-tokenizer (its regex split, then ByteLevel: the space is taken by `` ?\\p{L}+``) with no
+    normalizer and no added token that strips spaces; then pieces cut there encode independently."""
+    spec = json.loads(hf.to_str())
+    added_strip = any(a.lstrip or a.rstrip for a in hf.get_added_tokens_decoder().values())
+    return spec.get("normalizer") is None and not added_strip and spec.get("pre_tokenizer") == _PRE_TOKENIZER_SPEC
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 2200, min_frequency: int = 2,

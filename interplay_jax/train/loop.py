@@ -16,8 +16,10 @@ a callable ``produce(state, step_index) -> batch`` (RL: rollouts from the curren
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import queue
 import signal
 import threading
 import time
@@ -141,12 +143,28 @@ class Loop:
         self._window: dict[str, list[float]] = {}
         self._t_window = time.perf_counter()
         self._steps_in_window = 0
+        # seconds by kind: training time only goes into tokens/s and MFU; the rest are their own metrics
+        self.seconds = {"compile": 0.0, "eval": 0.0, "checkpoint": 0.0, "data_wait": 0.0}
+        self._excluded = 0.0      # compile / eval / checkpoint seconds inside the current log window
+        self._waited = 0.0        # seconds the loop waited for a batch inside the current log window
+
+    @contextlib.contextmanager
+    def _timed(self, kind: str):
+        """Time a non-training activity: counted under ``kind`` and left out of the training time."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            dt = time.perf_counter() - t0
+            self.seconds[kind] += dt
+            self._excluded += dt
 
     # ------------------------------------------------------------------ pieces
     def _save(self, state, at: int, data_state) -> None:
         if self.checkpointer is None or at == self.last_ckpt:
             return
-        self.checkpointer.save(at, state, data_state=data_state, meta={**self.meta, "step": at})
+        with self._timed("checkpoint"):
+            self.checkpointer.save(at, state, data_state=data_state, meta={**self.meta, "step": at})
         self.last_ckpt = at
 
     def _check(self, metrics: dict, at: int) -> None:
@@ -169,10 +187,11 @@ class Loop:
 
     def _log(self, at: int) -> None:
         now = time.perf_counter()
-        dt = max(now - self._t_window, 1e-9)
+        dt = max(now - self._t_window - self._excluded, 1e-9)      # training time of the window
         row = {k: (sum(v) / len(v) if k != "tokens" else sum(v)) for k, v in self._window.items()}
         row["step"] = at
         row["steps_per_s"] = self._steps_in_window / dt
+        row["data_wait_frac"] = min(self._waited / dt, 1.0)
         if "tokens" in self._window:
             row["tokens_per_s"] = row["tokens"] / dt
             if self.s.flops_per_token and self.s.peak_flops:
@@ -183,17 +202,20 @@ class Loop:
             for k, v in row.items():
                 if k != "step":
                     self.writer.add_scalar(f"{self.s.desc}/{k}", v, at)
+            for k, v in self.seconds.items():
+                self.writer.add_scalar(f"time/{k}_s", v, at)
         if self.on_log is not None:
             self.on_log(at, row)
         self.history.append(row)
         self._window.clear()
         self._steps_in_window = 0
-        self._t_window = now
+        self._t_window, self._excluded, self._waited = now, 0.0, 0.0
 
     def _evaluate(self, state, at: int) -> None:
         if self.eval_fn is None:
             return
-        results = self.eval_fn(state)
+        with self._timed("eval"):
+            results = self.eval_fn(state)
         if not results:
             return
         tqdm.write(f"eval step {at} | " + " | ".join(f"{k} {v:.4f}" for k, v in results.items()))
@@ -227,6 +249,7 @@ class Loop:
                     if stop.signal is not None:
                         reason = "interrupted"
                         break
+                    t0 = time.perf_counter()
                     if produce is not None:
                         batch = produce(state, step)
                     else:
@@ -237,7 +260,15 @@ class Loop:
                             break
                     if put_batch is not None:
                         batch = put_batch(batch)
-                    state, metrics = step_fn(state, batch)
+                    if produce is None:          # (RL's rollouts are its work, not a wait)
+                        self._waited += time.perf_counter() - t0
+                        self.seconds["data_wait"] += time.perf_counter() - t0
+                    if step == start_step:       # the first call compiles the step
+                        with self._timed("compile"):
+                            state, metrics = step_fn(state, batch)
+                            jax.block_until_ready(metrics)
+                    else:
+                        state, metrics = step_fn(state, batch)
                     step += 1
                     if pending is not None:        # pull step t-1 while step t runs
                         self._absorb(*pending)
@@ -263,6 +294,7 @@ class Loop:
                 self.checkpointer.wait()
         if reason == "interrupted":
             tqdm.write(f"interrupted at step {step}: checkpoint saved; rerun the same command to resume")
+        tqdm.write(f"{s.desc}: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items()))
         if self.writer is not None:
             self.writer.flush()
         return LoopResult(state=state, step=step, reason=reason, history=self.history, last_checkpoint=self.last_ckpt)
@@ -277,5 +309,60 @@ def _log_line(row: dict, total_steps: int, eta: float) -> str:
         line.append(f"{_fmt_num(row['tokens_per_s'])} tok/s")
     if "mfu" in row:
         line.append(f"MFU {100 * row['mfu']:.2f}%")
+    if row.get("data_wait_frac", 0) >= 0.05:
+        line.append(f"input-bound {100 * row['data_wait_frac']:.0f}%")
     line.append(f"eta {_fmt_time(eta)}")
     return " | ".join(line)
+
+
+class DevicePrefetch:
+    """Host batches put on the device ``depth`` steps ahead by a background thread, so the next batch
+    is there while the step runs. ``get_state()`` is the data iterator's state after the last batch
+    the loop took (what a checkpoint must record), not after the prefetched ones."""
+
+    _END = object()
+
+    def __init__(self, iterator, put: Callable, depth: int = 2):
+        self._it, self._put = iterator, put
+        self._q: queue.Queue = queue.Queue(maxsize=max(int(depth), 1))
+        self._state = iterator.get_state() if hasattr(iterator, "get_state") else None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fill, name="device-prefetch", daemon=True)
+        self._thread.start()
+
+    def _fill(self) -> None:
+        try:
+            for batch in self._it:
+                state = self._it.get_state() if hasattr(self._it, "get_state") else None
+                item = (self._put(batch), state)
+                while not self._stop.is_set():
+                    try:
+                        self._q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+            self._q.put(self._END)
+        except BaseException as e:  # noqa: BLE001 — handed to the loop's thread, raised there
+            self._q.put(e)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item = self._q.get()
+        if item is self._END:
+            self._q.put(self._END)
+            raise StopIteration
+        if isinstance(item, BaseException):
+            raise item
+        batch, self._state = item
+        return batch
+
+    def get_state(self):
+        return self._state
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
