@@ -26,6 +26,10 @@ def encode(record):
     return [10 + (ord(c) - 97) for c in record["problem"]] + [100 + int(d) for d in record["question"][1:]] + [3]
 
 
+def encode_all(records):
+    return [encode(r) for r in records]
+
+
 def docs_of_row(tokens, seg):
     """The documents of a packed row, in order, as tuples."""
     out = []
@@ -36,7 +40,7 @@ def docs_of_row(tokens, seg):
 
 def make(seq_len=64, batch=4, buffer_docs=32, exclude=(), threads=0, pi=0, pc=1, seed=0):
     src = dp.GeneratorSource(ToyMixture(), seed, length=100_000)
-    return dp.build_dataset(src, encode, seq_len=seq_len, batch_size=batch, pad_id=1, exclude_hashes=exclude,
+    return dp.build_dataset(src, encode_all, seq_len=seq_len, batch_size=batch, pad_id=1, exclude_hashes=exclude,
                             buffer_docs=buffer_docs, num_threads=threads, process_index=pi, process_count=pc)
 
 
@@ -159,7 +163,7 @@ def test_jsonl_heldout_split_is_excluded(tmp_path):
     assert exclude == {dp.record_hash(r) for r in recs[:10]}
     train = dp.load_train_records(tmp_path, {3: 10**9}, lambda r: len(encode(r)))
     assert len(train) == 60
-    ds = dp.build_dataset(train, encode, seq_len=64, batch_size=2, pad_id=1, exclude_hashes=exclude,
+    ds = dp.build_dataset(train, encode_all, seq_len=64, batch_size=2, pad_id=1, exclude_hashes=exclude,
                           buffer_docs=8, num_threads=0, num_epochs=1, process_index=0, process_count=1)
     seen = set()
     for b in ds:

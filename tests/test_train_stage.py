@@ -54,22 +54,25 @@ def run(cmd, timeout=120):
     return subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
+WORKERS = ("--config.data.workers=2",)   # two data worker processes (the stream depends on the count)
+
+
 def test_kill9_resume_is_bit_identical(tmp_path, tokenizer_path):
     ref = tmp_path / "ref"
     killed = tmp_path / "killed"
     # the uninterrupted run and the run to be killed start together (2 cores)
-    a = subprocess.Popen(pretrain_cmd(ref, tokenizer_path), cwd=REPO, env=ENV, stdout=subprocess.PIPE,
+    a = subprocess.Popen(pretrain_cmd(ref, tokenizer_path, extra=WORKERS), cwd=REPO, env=ENV, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True)
-    b = subprocess.Popen(pretrain_cmd(killed, tokenizer_path), cwd=REPO, env=ENV,
+    b = subprocess.Popen(pretrain_cmd(killed, tokenizer_path, extra=WORKERS), cwd=REPO, env=ENV,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 90
+        deadline = time.time() + 300       # (a loaded machine compiles slowly; this is no speed test)
         while time.time() < deadline and not ck.complete_steps(killed) and b.poll() is None:
             time.sleep(0.01)
         time.sleep(random.uniform(0.0, 0.4))          # a random step after the first checkpoint
         b.send_signal(signal.SIGKILL)
         b.wait()
-        out_a, _ = a.communicate(timeout=120)
+        out_a, _ = a.communicate(timeout=300)
     finally:
         for p in (a, b):
             if p.poll() is None:
@@ -79,7 +82,9 @@ def test_kill9_resume_is_bit_identical(tmp_path, tokenizer_path):
     steps_at_kill = ck.complete_steps(killed)
     assert steps_at_kill and steps_at_kill[-1] < 40
     assert not (killed / "summary.json").exists()
-    again = run(pretrain_cmd(killed, tokenizer_path))
+    moved = run(pretrain_cmd(killed, tokenizer_path, extra=("--config.data.workers=1",)))  # another worker count
+    assert moved.returncode == 2 and "data.workers=2" in moved.stderr.strip().splitlines()[-1], moved.stderr[-2000:]
+    again = run(pretrain_cmd(killed, tokenizer_path, extra=WORKERS), timeout=300)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     assert f"resuming {killed}" in again.stdout
     want = json.loads((ref / "summary.json").read_text())

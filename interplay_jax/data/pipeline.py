@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import grain
 import numpy as np
+from absl import flags
 
 from interplay_jax.errors import DataError
 from interplay_jax.task.writer import read_jsonl, record_hash, split_files
@@ -233,27 +234,33 @@ def build_dataset(source, encode_batch: Callable[[list], list] | None, *, seq_le
     """The training dataset of one host: batches dict(tokens, segment_ids, positions) [B, T].
 
     ``source``: any ``__len__/__getitem__`` of records (e.g. :class:`GeneratorSource` or a list of
-    JSONL records, then ``encode_batch(records) -> [document + EOS ids]``) or of token arrays (token
-    shards; ``encode_batch=None``). ``batch_size`` is the per-host batch. ``shuffle_seed``: shuffle a
+    JSONL records, then ``encode_batch(records) -> [document + EOS ids]``), or a grain IterDataset of
+    token arrays that shards and shuffles itself (:class:`interplay_jax.data.shards.TokenStream`;
+    ``encode_batch=None``; shuffle, epochs and host slicing do not apply). ``batch_size`` is the per-host batch. ``shuffle_seed``: shuffle a
     finite source; the generator source is already random per index. ``num_epochs``: passes over a
     finite source (None: forever). ``workers`` > 0: that many worker processes, each running the
     pipeline on its own slice of the stream, ``worker_buffer`` batches ahead (the batch order then
     depends on the worker count: a run must resume with the same one).
     """
-    ds = grain.MapDataset.source(source)
-    if shuffle_seed is not None:
-        ds = ds.shuffle(seed=int(shuffle_seed))
-    if num_epochs != 1:
-        ds = ds.repeat(num_epochs)
-    ds = ds[process_index::process_count]
-    excluded = frozenset(exclude_hashes)
-    if excluded:
-        ds = ds.filter(lambda r: record_hash(r) not in excluded)
-    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4 * buffer_docs
-                                              if num_threads else 0))
+    if isinstance(source, grain.IterDataset):    # a stream that shards and shuffles itself (token shards)
+        it = source
+    else:
+        ds = grain.MapDataset.source(source)
+        if shuffle_seed is not None:
+            ds = ds.shuffle(seed=int(shuffle_seed))
+        if num_epochs != 1:
+            ds = ds.repeat(num_epochs)
+        ds = ds[process_index::process_count]
+        excluded = frozenset(exclude_hashes)
+        if excluded:
+            ds = ds.filter(lambda r: record_hash(r) not in excluded)
+        it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4 * buffer_docs
+                                                  if num_threads else 0))
     it = FFDPackIterDataset(it, seq_len, buffer_docs=buffer_docs, pad_id=pad_id, encode_batch=encode_batch)
     it = it.batch(batch_size, drop_remainder=True)
     if workers > 0:
+        if not flags.FLAGS.is_parsed():   # grain's worker processes read absl flags (a notebook has none parsed)
+            flags.FLAGS.mark_as_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(workers),
                                                          per_worker_buffer_size=int(worker_buffer)))
     return it

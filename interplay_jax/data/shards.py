@@ -24,6 +24,7 @@ import os
 import pathlib
 from typing import Mapping, Sequence
 
+import grain
 import numpy as np
 
 from interplay_jax.errors import DataError
@@ -193,6 +194,57 @@ class TokenShardSource:
         state["_bins"] = [None] * len(self._names)       # memmaps are reopened in the worker
         state["_offsets"] = [None] * len(self._names)
         return state
+
+
+class TokenStream(grain.IterDataset):
+    """This host's documents of a token directory, forever: epoch e visits every document once in the
+    order of a permutation seeded by (seed, e); host p of P takes positions p, p + P, ... The state
+    is (epoch, position): tiny, and a restore continues exactly. ~10x cheaper per document than
+    grain's shuffled MapDataset chain, which is what lets one process feed a GPU from shards."""
+
+    def __init__(self, source: TokenShardSource, seed: int, process_index: int = 0, process_count: int = 1):
+        super().__init__()
+        self.source, self.seed = source, int(seed)
+        self.process_index, self.process_count = int(process_index), int(process_count)
+
+    def __iter__(self):
+        return _TokenStreamIterator(self)
+
+    def __str__(self) -> str:
+        return f"TokenStream({self.source.root}, {len(self.source)} documents)"
+
+
+class _TokenStreamIterator(grain.DatasetIterator):
+    def __init__(self, ds: TokenStream):
+        super().__init__()
+        self._ds = ds
+        self._epoch, self._pos, self._order = 0, ds.process_index, None
+
+    def _permutation(self):
+        if self._order is None:
+            n = len(self._ds.source)
+            order = np.random.default_rng([self._ds.seed, self._epoch]).permutation(n)
+            self._order = order.astype(np.int32 if n < 2 ** 31 else np.int64)
+        return self._order
+
+    def __next__(self) -> np.ndarray:
+        order = self._permutation()
+        if self._pos >= len(order):
+            self._epoch += 1
+            self._pos -= len(order)
+            self._order = None
+            order = self._permutation()
+        doc = self._ds.source[int(order[self._pos])]
+        self._pos += self._ds.process_count
+        return doc
+
+    def get_state(self) -> dict:
+        return {"epoch": self._epoch, "pos": self._pos}
+
+    def set_state(self, state: dict) -> None:
+        if int(state["epoch"]) != self._epoch:
+            self._order = None
+        self._epoch, self._pos = int(state["epoch"]), int(state["pos"])
 
 
 # ---------------------------------------------------------------------------- writing jobs

@@ -20,7 +20,7 @@ from interplay_jax import checkpoint as ck
 from interplay_jax.config import parse_buckets, parse_list, require
 from interplay_jax.data import pipeline as dp
 from interplay_jax.data.shards import MANIFEST as SHARD_MANIFEST
-from interplay_jax.data.shards import TokenShardSource, check_shards
+from interplay_jax.data.shards import TokenShardSource, TokenStream, check_shards
 from interplay_jax.errors import ConfigError
 from interplay_jax.eval.evalset import eval_item
 from interplay_jax.eval.evaluate import make_eval_fn
@@ -235,7 +235,8 @@ def build_train_data(config, tokenizer, tok_info, mixture, exclude: set[str], st
             msg = f"{root} holds {source.tokens:,} tokens, fewer than this run's {need:,}"
             require(not bool(d.get("strict", False)), f"{config.stage}: {msg}")
             print(f"note: {msg}; the data repeat (more than one epoch)")
-        return dp.build_dataset(source, None, shuffle_seed=int(config.seed), num_epochs=None, **kwargs)
+        stream = TokenStream(source, int(config.seed), jax.process_index(), jax.process_count())
+        return dp.build_dataset(stream, None, **kwargs)
     exclude = set(exclude) | hashes_of_paths(parse_list(d.get("exclude", "")))
     if d.source == "jsonl":
         exclude |= dp.heldout_hashes(d.data_dir)
@@ -249,9 +250,9 @@ def build_train_data(config, tokenizer, tok_info, mixture, exclude: set[str], st
 
 
 def token_dir(data_dir) -> pathlib.Path:
-    """The token-shard directory of ``data_dir``: itself, or its ``tokens/`` (the generate stage's)."""
+    """The token-shard directory of ``data_dir``: its ``tokens/`` (the generate stage's), or itself."""
     p = pathlib.Path(str(data_dir))
-    return p if (p / SHARD_MANIFEST).is_file() else p / "tokens"
+    return p / "tokens" if (p / "tokens" / SHARD_MANIFEST).is_file() else p
 
 
 # ---------------------------------------------------------------------------- eval
