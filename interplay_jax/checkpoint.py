@@ -32,6 +32,7 @@ import logging
 import os
 import pathlib
 import re
+import shutil
 import socket
 import sys
 from typing import Any
@@ -66,11 +67,21 @@ class CheckpointWriteError(UserError):
 
 
 def one_line(e: BaseException, limit: int = 300) -> str:
-    """The most useful single line of an exception from orbax / tensorstore: its status line
-    (e.g. ``OUT_OF_RANGE: Error reading ...``) if it has one, else its first line."""
+    """The most useful single line of an exception from orbax / tensorstore: the first status line
+    (e.g. ``OUT_OF_RANGE: Error reading ...``) in it or in its causes, else its first line."""
+    chain, x = [], e
+    while x is not None and len(chain) < 8:
+        chain.append(x)
+        x = x.__cause__ or x.__context__
+    for x in chain:
+        for line in str(x).splitlines():
+            if re.match(r"\s*[A-Z][A-Z_]{3,}: ", line):
+                text = line.strip()
+                return text if len(text) <= limit else text[:limit] + "..."
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    status = [ln for ln in lines if re.match(r"[A-Z][A-Z_]{3,}: ", ln)]
-    text = (status or lines or [type(e).__name__])[0]
+    text = lines[0] if lines else type(e).__name__
+    if isinstance(e, OSError) and e.errno is not None and "Errno" not in text:
+        text = f"[Errno {e.errno}] {text}"
     return text if len(text) <= limit else text[:limit] + "..."
 
 
@@ -90,20 +101,16 @@ def _drop_closed_loop_noise(unraisable) -> None:
 sys.unraisablehook = _drop_closed_loop_noise
 
 
-@contextlib.contextmanager
-def _quiet_orbax():
-    """Orbax logs a failed save or restore as an absl ERROR with a traceback before raising; we
-    report it as one line instead (shown with INTERPLAY_VERBOSE=1)."""
-    if verbose():
-        yield
-        return
-    logger = logging.getLogger("absl")
-    old = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(old)
+class _OrbaxLogFilter(logging.Filter):
+    """Orbax logs a failed save (in its background thread) or restore as an absl ERROR with a
+    traceback, and many warnings; we report failures as one line instead. Its records are dropped
+    unless INTERPLAY_VERBOSE is set."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return verbose() or f"{os.sep}orbax{os.sep}" not in (record.pathname or "")
+
+
+logging.getLogger("absl").addFilter(_OrbaxLogFilter())
 
 
 def _jsonable(x):
@@ -140,6 +147,7 @@ class Checkpointer:
         self.directory = self.run_dir / CKPT_SUBDIR
         self._async = async_save
         self._pending: _PendingDigest | None = None   # the save in flight: its step and digests
+        self._failed_steps: list = []
         # always orbax's async path (its post-finalization hook writes the digest); async_save=False
         # waits after each save
         options = ocp.CheckpointManagerOptions(
@@ -148,8 +156,7 @@ class Checkpointer:
             async_options=ocp.AsyncOptions(post_finalization_callback=self._write_digest))
         if read_only and not self.directory.is_dir():
             raise ConfigError(f"no checkpoints in {self.run_dir} (missing {self.directory})")
-        with _quiet_orbax():
-            self._mngr = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+        self._mngr = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
 
     # ------------------------------------------------------------------ queries
     def latest_step(self) -> int | None:
@@ -182,8 +189,7 @@ class Checkpointer:
             data=ocp.args.JsonSave(data_item),
             meta=ocp.args.JsonSave(meta_item))
         try:
-            with _quiet_orbax():
-                saved = self._mngr.save(int(step), args=args, force=force)
+            saved = self._mngr.save(int(step), args=args, force=force)
         except Exception as e:  # noqa: BLE001 - orbax / tensorstore / OSError: one line
             raise self._save_failed(e) from (e if verbose() else None)
         if not self._async:
@@ -215,28 +221,25 @@ class Checkpointer:
     def _save_failed(self, e: BaseException) -> CheckpointWriteError:
         step = self._pending.step if self._pending is not None else None
         self._pending = None
-        for tmp in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):   # free the space it took
-            _rmtree_quiet(tmp)
+        self._failed_steps.append(step)          # its temporary directory is removed at close
         good = [s for s in complete_steps(self.run_dir) if s != step]
         last = f"the last complete checkpoint is step {good[-1]}" if good else "there is no earlier checkpoint"
         return CheckpointWriteError(f"saving checkpoint step {step} in {self.directory} failed "
                                     f"({one_line(e)}); {last}")
 
     def check(self) -> None:
-        """Raise :class:`CheckpointWriteError` now if a background save has failed (no waiting)."""
-        try:
-            with _quiet_orbax():
-                self._mngr.check_for_errors()
-        except Exception as e:  # noqa: BLE001
-            raise self._save_failed(e) from (e if verbose() else None)
+        """Raise :class:`CheckpointWriteError` now if the background save has failed (never waits)."""
+        if self._pending is not None and not self._mngr.is_saving_in_progress():
+            self.wait()                      # it has ended: returns at once, or raises its failure
 
     def wait(self) -> None:
         """Block until the save in flight has landed; a failed one raises :class:`CheckpointWriteError`."""
         try:
-            with _quiet_orbax():
-                self._mngr.wait_until_finished()
-                self._mngr.check_for_errors()
+            self._mngr.wait_until_finished()
+            self._mngr.check_for_errors()
         except Exception as e:  # noqa: BLE001
+            if self._pending is None:        # orbax repeats a failure we have already reported
+                return
             raise self._save_failed(e) from (e if verbose() else None)
         self._pending = None
 
@@ -244,8 +247,11 @@ class Checkpointer:
         try:
             self.wait()
         finally:
-            with _quiet_orbax():
+            with contextlib.suppress(*((Exception,) if self._failed_steps else ())):
                 self._mngr.close()
+            for step in self._failed_steps:      # free the space a failed save took
+                for tmp in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
+                    shutil.rmtree(tmp, ignore_errors=True)
 
     def __enter__(self):
         return self
@@ -278,9 +284,8 @@ class Checkpointer:
         state_args = (ocp.args.StandardRestore(abstract_target(target)) if target is not None
                       else ocp.args.StandardRestore())
         try:
-            with _quiet_orbax():
-                out = self._mngr.restore(step, args=ocp.args.Composite(
-                    state=state_args, data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
+            out = self._mngr.restore(step, args=ocp.args.Composite(
+                state=state_args, data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
         except Exception as e:  # noqa: BLE001 - a missing / truncated file, a bad chunk: one line
             raise _unreadable(step_dir, record, e) from (e if verbose() else None)
         if record is not None:
@@ -290,6 +295,24 @@ class Checkpointer:
                     raise CorruptCheckpoint(step_dir, f"its {item} item differs from its digest")
         data = out["data"] or {}
         return out["state"], data.get("state"), out["meta"] or {}
+
+    def restore_newest_good(self, target=None, on_bad=None):
+        """Restore the newest checkpoint that reads and verifies: ``(step, state, data_state, meta)``.
+        Each newer one that fails is moved aside (:meth:`move_aside`) and reported through
+        ``on_bad(step, CorruptCheckpoint, moved_to)``. None left: one ConfigError line."""
+        moved = []
+        for step in reversed(self.all_steps()):
+            try:
+                return (int(step), *self.restore(step, target=target))
+            except CorruptCheckpoint as e:
+                aside = self.move_aside(step)
+                moved.append(aside.name)
+                if on_bad is not None:
+                    on_bad(step, e, aside)
+        if moved:
+            raise ConfigError(f"no good checkpoint left in {self.directory} (moved aside: {', '.join(moved)}); "
+                              f"start over in a new workdir")
+        raise ConfigError(f"no checkpoint in {self.directory}")
 
     def move_aside(self, step: int) -> pathlib.Path:
         """Rename checkpoint ``step`` to ``checkpoints/corrupt-<step>[-n]/`` (kept for inspection,
@@ -457,11 +480,6 @@ def _write_atomic(path: pathlib.Path, text: str) -> None:
         os.close(fd)
 
 
-def _rmtree_quiet(path: pathlib.Path) -> None:
-    import shutil
-    shutil.rmtree(path, ignore_errors=True)
-
-
 # ---------------------------------------------------------------------------- one run per workdir
 
 
@@ -490,8 +508,9 @@ class WorkdirLock:
 
 
 def lock_workdir(workdir, what: str = "run") -> WorkdirLock:
-    """Hold ``WORKDIR/.lock`` for this process; a second process on the same workdir gets one
-    ConfigError line naming the holder. The lock is an ``flock``: the kernel drops it when its
+    """Hold ``WORKDIR/.lock`` for this process (``what`` names it to a second process, e.g.
+    "pretrain run"); a second process on the same workdir gets one ConfigError line naming the
+    holder. The lock is an ``flock``: the kernel drops it when its
     process dies, so a killed run never leaves it stuck and the next run takes it over. On a
     filesystem without ``flock`` the pid written in the file decides (a dead pid on this host is
     taken over)."""
@@ -510,8 +529,8 @@ def lock_workdir(workdir, what: str = "run") -> WorkdirLock:
             os.close(fd)
             who = (f"pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')}"
                    if holder else "pid unknown")
-            raise ConfigError(f"{d} is in use by another {what} ({who}); wait for it to finish or stop "
-                              f"it, or use another workdir") from None
+            raise ConfigError(f"{d} is in use by another {holder.get('what') or 'run'} ({who}); wait for it "
+                              f"to finish or stop it, or use another workdir") from None
     record = {"pid": os.getpid(), "host": socket.gethostname(), "what": what,
               "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     os.ftruncate(fd, 0)
@@ -604,7 +623,7 @@ def restore_params(run_dir_or_ckpt, target=None, step: int | None = None, key: s
     if record is not None and target is not None:
         check_fits(record, {key: target}, step_dir, prefix=key + "/")
     try:
-        with _quiet_orbax(), ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
+        with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
             if target is None:
                 meta = ckptr.metadata(state_dir)
                 tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta.tree

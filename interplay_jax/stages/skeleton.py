@@ -115,19 +115,11 @@ class StageRun:
     def _restore_newest_good(self, target):
         """Resume from the newest checkpoint that reads and verifies; each one that does not is
         reported in one line and moved to ``checkpoints/corrupt-<step>/``. None left: ConfigError."""
-        moved = []
-        for step in reversed(self.checkpointer.all_steps()):
-            try:
-                state, data_state, meta = self.checkpointer.restore(step, target=target)
-                return int(step), state, data_state, meta
-            except ck.CorruptCheckpoint as e:
-                aside = self.checkpointer.move_aside(step)
-                moved.append(aside.name)
-                if self.is_main:
-                    print(f"{self.stage}: checkpoint step {step} is unusable ({e.reason}); moved it to "
-                          f"{aside}; trying the previous one", flush=True)
-        raise ConfigError(f"{self.stage}: no good checkpoint left in {self.checkpointer.directory} (moved aside: "
-                          f"{', '.join(moved)}); start over with a new workdir or remove checkpoints/")
+        def report(step, error, aside):
+            if self.is_main:
+                print(f"{self.stage}: checkpoint step {step} is unusable ({error.reason}); moved it to {aside}; "
+                      f"trying the previous one", flush=True)
+        return self.checkpointer.restore_newest_good(target, on_bad=report)
 
     def finished(self, start: Start, total_steps: int) -> bool:
         return start.step >= total_steps and (self.workdir / SUMMARY_FILE).is_file()

@@ -26,7 +26,8 @@ from interplay_jax.model.qwen2 import model_config_from_dict
 from interplay_jax.stages.skeleton import StageRun, load_tokenizer
 from interplay_jax.task.formats import format_document
 from interplay_jax.task.mixture import get_mixture
-from interplay_jax.task.writer import hashes_of_paths, read_jsonl, record_hash, split_files, split_seed
+from interplay_jax.task.writer import (check_shards, hashes_of_paths, read_jsonl, record_hash, split_files,
+                                      split_seed)
 from interplay_jax.train import lm_step, optim
 from interplay_jax.train import sharding as shd
 from interplay_jax.train.loop import Loop, LoopSettings
@@ -129,6 +130,7 @@ def validate(config, check_files: bool = True) -> None:
         train_dir = pathlib.Path(str(config.data.data_dir)) / "train"
         require(train_dir.is_dir(), f"{stage}: data.data_dir={config.data.data_dir!r} has no train/ directory "
                                     f"(expected the published layout train/op<N>/*.jsonl)")
+        check_shards(str(config.data.data_dir))          # a shard cut short -> DataError naming it
     resuming = bool(ck.complete_steps(str(config.workdir)))
     if str(config.init_from) and not resuming:
         step = int(config.get("init_step", -1))
