@@ -85,15 +85,20 @@ def one_line(e: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-# orbax closes its private asyncio loop when a read fails while tensorstore still completes the
-# other reads: each completion then prints "RuntimeError: Event loop is closed" as an unraisable
-# exception. They carry no information (the failure itself is raised); drop them unless verbose.
+# A failed orbax read leaves noise behind as "unraisable" exceptions: orbax closes its private
+# asyncio loop while tensorstore still completes the other reads (each prints "RuntimeError: Event
+# loop is closed"), and the reads' unfinished coroutines raise again when collected ("Exception
+# ignored in: <coroutine object _read_array_index_and_device_put>"). They carry nothing the raised
+# error does not; drop them unless verbose.
 _previous_unraisablehook = sys.unraisablehook
 
 
 def _drop_closed_loop_noise(unraisable) -> None:
-    exc = unraisable.exc_value
-    if not verbose() and isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+    exc, obj = unraisable.exc_value, unraisable.object
+    code = getattr(obj, "cr_code", None)
+    noise = (isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed") or \
+        (code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename)
+    if noise and not verbose():
         return
     _previous_unraisablehook(unraisable)
 
