@@ -423,7 +423,7 @@ def check_fits(record: dict, target, step_dir, prefix: str = "") -> None:
     than this run's config; the checkpoint itself is fine and stays where it is)."""
     want = _wanted(record, prefix)
     have = {n: (np.dtype(x.dtype).name, list(np.shape(x))) for n, x in _named_leaves(target).items()}
-    where = f"checkpoint {step_dir} does not fit this run's model / optimizer"
+    where = f"checkpoint {step_dir} does not fit the model / optimizer asked for (wrong model shape)"
     missing, extra = sorted(set(have) - set(want)), sorted(set(want) - set(have))
     if missing or extra:
         raise ConfigError(f"{where}: " + "; ".join(
