@@ -121,6 +121,36 @@ def test_corrupt_newest_checkpoint_falls_back_and_ends_bit_identical(reference, 
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+DISK_FULL = """
+import errno, os, sys
+from interplay_jax import checkpoint as ck
+real = ck._write_atomic
+def write(path, text):
+    if path.parent.parent.name.startswith("20."):      # the digest of checkpoint 20: the disk is full
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    return real(path, text)
+ck._write_atomic = write
+from interplay_jax.main import main
+sys.argv = ["interplay_jax.main"] + sys.argv[1:]
+main()
+"""
+
+
+def test_disk_full_while_saving_stops_in_one_line_and_the_rerun_ends_bit_identical(reference, tokenizer_path,
+                                                                                   tmp_path):
+    run_dir = tmp_path / "run"
+    cmd = pretrain_cmd(run_dir, tokenizer_path)
+    out = run([sys.executable, "-c", DISK_FULL, *cmd[3:]])
+    assert_one_error_line(out, "saving checkpoint step 20", "No space left on device",
+                          "the last complete checkpoint is step 10")
+    assert ck.complete_steps(run_dir) == [10]
+    out = run(cmd)
+    assert out.returncode == 0 and f"resuming {run_dir} from step 10" in out.stdout, out.stderr[-2000:]
+    assert not any(p.name.startswith("20.") for p in (run_dir / "checkpoints").iterdir())
+    want = json.loads((reference / "summary.json").read_text())
+    assert json.loads((run_dir / "summary.json").read_text())["params_digest"] == want["params_digest"]
+
+
 def test_every_checkpoint_truncated_is_one_error_line(reference, tokenizer_path, tmp_path):
     run_dir = copy_run(reference, tmp_path / "run")
     for step in (10, 20, 30, 40):
