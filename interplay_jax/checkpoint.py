@@ -187,8 +187,10 @@ class Checkpointer:
         meta.setdefault("saved_at", datetime.datetime.now(datetime.timezone.utc).isoformat())
         meta["integrity"] = DIGEST_FORMAT
         data_item, meta_item = _jsonable({"state": data_state}), _jsonable(meta)
-        # hash the arrays in background threads while orbax writes them
-        self._pending = _PendingDigest(int(step), _submit_leaf_records(state), data_item, meta_item)
+        # hash the arrays in background threads while orbax writes them (the primary process
+        # writes the digest)
+        leaves = _submit_leaf_records(state) if jax.process_index() == 0 else {}
+        self._pending = _PendingDigest(int(step), leaves, data_item, meta_item)
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             data=ocp.args.JsonSave(data_item),
@@ -298,6 +300,8 @@ class Checkpointer:
             for item in ("data", "meta"):
                 if _json_digest(out[item]) != record[item]:
                     raise CorruptCheckpoint(step_dir, f"its {item} item differs from its digest")
+        else:
+            _note_unverified(step_dir)
         data = out["data"] or {}
         return out["state"], data.get("state"), out["meta"] or {}
 
@@ -450,6 +454,11 @@ def verify_tree(record: dict, tree, step_dir, prefix: str = "") -> int:
         raise CorruptCheckpoint(step_dir, f"content digest mismatch in {bad[0]}{more} "
                                           f"({len(bad)} of {len(want)} arrays)")
     return sum(1 for n in want if want[n]["sha256"] and got[n]["sha256"])
+
+
+def _note_unverified(step_dir) -> None:
+    if jax.process_index() == 0:
+        print(f"note: checkpoint {step_dir} was saved before checkpoints carried digests; loaded unverified")
 
 
 def _unreadable(step_dir, record, e: BaseException) -> UserError:
@@ -647,6 +656,8 @@ def restore_params(run_dir_or_ckpt, target=None, step: int | None = None, key: s
         raise _unreadable(step_dir, record, e) from (e if verbose() else None)
     if record is not None:
         verify_tree(record, {key: out[key]}, step_dir, prefix=key + "/")
+    else:
+        _note_unverified(step_dir)
     return out[key], run_dir, step
 
 

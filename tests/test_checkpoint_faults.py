@@ -172,7 +172,7 @@ def test_a_different_model_is_a_config_error_not_corruption(tmp_path):
         assert c.all_steps() == [1]                       # nothing moved
 
 
-def test_checkpoint_from_before_digests_still_loads(tmp_path):
+def test_checkpoint_from_before_digests_still_loads(tmp_path, capsys):
     save_steps(tmp_path, (1,))
     d = tmp_path / "checkpoints" / "1"
     meta = json.loads((d / "meta" / "metadata").read_text())
@@ -182,6 +182,7 @@ def test_checkpoint_from_before_digests_still_loads(tmp_path):
     assert ck.read_digest(d) is None
     with ck.Checkpointer(tmp_path) as c:
         assert_tree_equal(c.restore(1, target=target())[0], state_at(1))
+    assert "saved before checkpoints carried digests; loaded unverified" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("where", ["digest write", "orbax item write"])
