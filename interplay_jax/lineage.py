@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import traceback
 
 from interplay_jax import checkpoint as ck
-from interplay_jax.errors import UserError
+from interplay_jax.errors import VERBOSE_ENV, UserError, verbose
 
 SUMMARY_KEYS = ("mixture", "model.preset", "seq_len", "batch_size", "total_tokens", "total_steps",
                 "optimizer.lr", "optimizer.min_lr", "seed", "init_from")
@@ -60,12 +62,18 @@ def format_chain(run_dir, digest: bool = False) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m interplay_jax.lineage", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir")
-    parser.add_argument("--digest", action="store_true", help="add each checkpoint's params digest")
+    parser.add_argument("--digest", action="store_true",
+                        help="add each checkpoint's params digest (the checkpoint is verified first)")
+    parser.add_argument("--verbose", action="store_true", help="print the traceback behind an error line")
     args = parser.parse_args(argv)
+    if args.verbose:
+        os.environ[VERBOSE_ENV] = "1"
     logging.getLogger("absl").setLevel(logging.ERROR)
     try:
         print(format_chain(args.run_dir, digest=args.digest))
     except UserError as e:
+        if verbose():
+            traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -1,25 +1,33 @@
 """Entry point: ``python -m interplay_jax.main --config=configs/<x>.py[:preset] --config.a.b=v``.
 
 The config's ``stage`` field picks the stage (interplay_jax.stages), which validates the config and
-runs. User errors (bad config, bad data) print one line and exit 2.
+runs. User errors (bad config, bad data, a corrupt checkpoint, a workdir in use) print one line and
+exit 2; an interrupted run (SIGINT / SIGTERM, its checkpoint saved) exits 130. ``--verbose`` (or
+``INTERPLAY_VERBOSE=1``) prints the traceback behind the line.
 """
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from interplay_jax.errors import UserError
+from interplay_jax.errors import VERBOSE_ENV, UserError, verbose
 from interplay_jax.stages import run_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file[:preset].",
                                           lock_config=True)
+_VERBOSE = flags.DEFINE_bool("verbose", False, "On an error, print the traceback behind the one-line "
+                             "message (same as INTERPLAY_VERBOSE=1).")
 
 
 def _main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if _VERBOSE.value:
+        os.environ[VERBOSE_ENV] = "1"
     config = _CONFIG.value
     if config is None:
         print("error: --config=configs/<x>.py[:preset] is required", file=sys.stderr)
@@ -27,9 +35,13 @@ def _main(argv):
     try:
         run_config(config)
     except UserError as e:
+        if verbose():
+            traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
+        if verbose():
+            traceback.print_exc()
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         sys.exit(130)
 

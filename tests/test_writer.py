@@ -118,3 +118,25 @@ def test_generate_stage_through_main(tmp_path, capsys):
     cfg.shard_size = 0
     with pytest.raises(ConfigError, match="shard_size"):
         main.run_config(cfg)
+
+
+def test_a_shard_cut_short_is_one_data_error(tmp_path):
+    """The manifest records each shard file's size: a file cut at a line boundary (silently fewer
+    records otherwise) or mid-line is named in one DataError, by check_jsonl_shards and by a rerun."""
+    from interplay_jax.task.writer import check_jsonl_shards
+    write_dataset(tmp_path, _mixture(), SPLITS, seed=1, shard_size=20, progress=False)
+    n_files = len(list(tmp_path.rglob("shard-*.jsonl")))
+    assert check_jsonl_shards(tmp_path) == n_files
+    shard = sorted((tmp_path / "train").rglob("shard-00001.jsonl"))[0]
+    lines = shard.read_text().splitlines(keepends=True)
+    assert len(lines) >= 2
+    for cut in ("".join(lines[:-1]), "".join(lines)[:-20]):       # at a line boundary, mid-line
+        shard.write_text(cut)
+        with pytest.raises(DataError, match=rf"{shard}: \d+ bytes, \d+ when written \(truncated or changed\)"):
+            check_jsonl_shards(tmp_path)
+        with pytest.raises(DataError, match=str(shard)):
+            write_dataset(tmp_path, _mixture(), SPLITS, seed=1, shard_size=20, progress=False)
+    shard.unlink()
+    with pytest.raises(DataError, match=rf"{shard}: missing"):
+        check_jsonl_shards(tmp_path)
+    assert check_jsonl_shards(tmp_path / "train") == 0                    # no manifest: nothing to check

@@ -5,7 +5,8 @@ model config and tokenizer.
   run recorded (an RL run inherits its parent's); its tokenizer is the one its config names;
 * an HF directory (``config.json`` + safetensors / pytorch_model.bin + ``tokenizer.json``), e.g. the
   study's released checkpoints: the architecture comes from its config.json.
-A missing or wrong-shaped checkpoint is one ConfigError line.
+A missing or wrong-shaped checkpoint is one ConfigError line; a corrupt one (unreadable, or failing
+its digest) one CorruptCheckpoint line naming it.
 
 The same two kinds of parent serve the training stages' ``init_from``: ``parent_model_config`` (the
 parent's architecture), ``init_model_config`` (the model a pretrain / midtrain stage builds) and
@@ -21,7 +22,7 @@ import numpy as np
 from flax import nnx
 
 from interplay_jax import checkpoint as ckpt
-from interplay_jax.errors import ConfigError
+from interplay_jax.errors import ConfigError, UserError
 from interplay_jax.model import hf
 from interplay_jax.model.qwen2 import RUNTIME_FIELDS, ModelConfig, abstract_model, model_config_from_dict
 from interplay_jax.task.tokenizer import Tokenizer, default_tokenizer_path
@@ -106,7 +107,7 @@ def load_policy(path, tokenizer: str | None = None, name: str | None = None, ste
     where = f"checkpoint {run_dir} step {step}"
     try:
         params, _, _ = ckpt.restore_params(run_dir, target=abstract, step=step)
-    except ConfigError:
+    except UserError:
         raise
     except Exception as e:  # noqa: BLE001 — orbax raises many types for a shape/structure mismatch
         msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__

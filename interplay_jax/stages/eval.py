@@ -12,6 +12,7 @@ import re
 
 import jax
 
+from interplay_jax import checkpoint as ck
 from interplay_jax.config import parse_buckets, parse_list, parse_ops, require
 from interplay_jax.errors import ConfigError
 from interplay_jax.eval import evalset, report
@@ -48,7 +49,14 @@ def _names(config, paths) -> list[str]:
 def run(config) -> dict:
     quiet_logs()
     workdir = pathlib.Path(config.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    lock = ck.lock_workdir(workdir, "eval run")        # one process per workdir
+    try:
+        return _run(config, workdir)
+    finally:
+        lock.release()
+
+
+def _run(config, workdir: pathlib.Path) -> dict:
     paths = parse_list(config.checkpoints)
     names = _names(config, paths)
     overrides = {"dtype": config.model_dtype} if str(config.get("model_dtype", "")) else {}

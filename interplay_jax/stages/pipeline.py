@@ -14,6 +14,7 @@ import json
 import pathlib
 import time
 
+from interplay_jax import checkpoint as ck
 from interplay_jax import stages
 from interplay_jax.config import parse_list, require
 
@@ -59,9 +60,16 @@ def _describe(name: str, out, subdir: pathlib.Path) -> list[str]:
 
 
 def run(config):
-    t0 = time.time()
     workdir = pathlib.Path(str(config.workdir)).absolute()
-    workdir.mkdir(parents=True, exist_ok=True)
+    lock = ck.lock_workdir(workdir, "pipeline run")     # one pipeline per root (each stage locks its own)
+    try:
+        return _run(config, workdir)
+    finally:
+        lock.release()
+
+
+def _run(config, workdir: pathlib.Path):
+    t0 = time.time()
     names = parse_list(config.stages)
     outputs = {}
     for i, name in enumerate(names, 1):

@@ -10,7 +10,10 @@ A stage's ``run(config)`` reads top to bottom:
     return run.finish(result, steps, model_cfg, ...)
 
 Run directory: ``lineage.json`` (stage, config, parent, model, tokenizer), ``checkpoints/``, ``tb/``
-(TensorBoard), ``summary.json`` (written only when the run finished).
+(TensorBoard), ``summary.json`` (written only when the run finished), ``.lock`` (one process per
+workdir: a second one is refused in one line; a killed run's lock is taken over).
+Resume takes the newest checkpoint that reads and verifies; a bad one is reported in one line and
+moved to ``checkpoints/corrupt-<step>/``.
 """
 from __future__ import annotations
 
@@ -81,27 +84,31 @@ class StageRun:
         shd.initialize_distributed(config.get("distributed"))
         self.mesh = shd.mesh_from_config(config.get("mesh"))
         self.is_main = jax.process_index() == 0
+        self.lock = ck.lock_workdir(self.workdir, f"{self.stage} run") if self.is_main else None
         self.checkpointer = ck.Checkpointer(self.workdir, max_to_keep=int(config.keep_checkpoints))
         self.tb_dir = self.workdir / "tb"
         self.writer = None
 
     # ------------------------------------------------------------------ state
     def start(self, abstract_state, shardings, tx, fresh: Callable[[], Any] | None = None) -> Start:
-        """Resume from this run's latest checkpoint; else the params of ``init_from`` (a run dir, one
-        of its checkpoints, or an HF directory) with a fresh optimizer; else ``fresh()`` (a new state)."""
+        """Resume from this run's newest good checkpoint; else the params of ``init_from`` (a run dir or
+        one of its checkpoints, verified, or an HF directory) with a fresh optimizer; else ``fresh()``."""
         target = ck.abstract_target(abstract_state, shardings)
-        latest = self.checkpointer.latest_step()
-        if latest is not None:
-            state, data_state, meta = self.checkpointer.restore(target=target)
-            print(f"{self.stage}: resuming {self.workdir} from step {latest}")
-            return Start(state, int(latest), data_state, meta.get("parent"))
+        if self.checkpointer.latest_step() is not None:
+            step, state, data_state, meta = self._restore_newest_good(target)
+            print(f"{self.stage}: resuming {self.workdir} from step {step}")
+            return Start(state, step, data_state, meta.get("parent"))
         init_from = str(self.config.get("init_from", "") or "")
         if init_from and is_hf_dir(init_from):
             return self._start_from_hf(init_from, target, shardings, tx)
         if init_from:
             init_step = int(self.config.get("init_step", -1))
-            params, prun, pstep = ck.restore_params(init_from, target=target["params"],
-                                                    step=init_step if init_step >= 0 else None)
+            try:
+                params, prun, pstep = ck.restore_params(init_from, target=target["params"],
+                                                        step=init_step if init_step >= 0 else None)
+            except ck.CorruptCheckpoint as e:
+                raise ck.CorruptCheckpoint(e.step_dir, f"{e.reason} (init_from; pick another step of it with "
+                                                       f"--config.init_step)") from None
             state = {"step": jax.device_put(np.zeros((), np.int32), shardings["step"]), "params": params,
                      "opt_state": jax.jit(tx.init, out_shardings=shardings["opt_state"])(params)}
             print(f"{self.stage}: starting from {prun} step {pstep} (params; fresh optimizer and schedule)")
@@ -122,11 +129,20 @@ class StageRun:
         print(f"{self.stage}: starting from HF checkpoint {hf_dir} (params; fresh optimizer and schedule)")
         return Start(state, 0, None, {"run_dir": str(hf_dir), "step": 0})
 
+    def _restore_newest_good(self, target):
+        """Resume from the newest checkpoint that reads and verifies; each one that does not is
+        reported in one line and moved to ``checkpoints/corrupt-<step>/``. None left: ConfigError."""
+        def report(step, error, aside):
+            if self.is_main:
+                print(f"{self.stage}: checkpoint step {step} is unusable ({error.reason}); moved it to {aside}; "
+                      f"trying the previous one", flush=True)
+        return self.checkpointer.restore_newest_good(target, on_bad=report)
+
     def finished(self, start: Start, total_steps: int) -> bool:
         return start.step >= total_steps and (self.workdir / SUMMARY_FILE).is_file()
 
     def previous_summary(self) -> dict:
-        self.checkpointer.close()
+        self.close()
         print(f"{self.stage}: {self.workdir} already finished; nothing to do")
         return json.loads((self.workdir / SUMMARY_FILE).read_text())
 
@@ -143,12 +159,21 @@ class StageRun:
         meta = {"stage": self.stage, "config": ck.config_to_dict(self.config), "parent": start.parent}
         return {"checkpointer": self.checkpointer, "writer": self.writer, "meta": meta}
 
+    def close(self) -> None:
+        """Wait for the last checkpoint, close the writer, release the workdir lock."""
+        try:
+            self.checkpointer.close()
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+                self.writer = None
+            if self.lock is not None:
+                self.lock.release()
+
     def finish(self, result, total_steps: int, model_cfg, start: Start, headline: str = "", **extra) -> dict:
         """Close the checkpointer and writer; for a finished run write and return ``summary.json``.
         An interrupted run (its checkpoint saved) raises KeyboardInterrupt: main exits 130."""
-        self.checkpointer.close()
-        if self.writer is not None:
-            self.writer.close()
+        self.close()
         if result.reason == "interrupted":
             raise KeyboardInterrupt(f"{self.stage} interrupted at step {result.step}")
         last = result.history[-1] if result.history else {}

@@ -27,7 +27,8 @@ from interplay_jax.eval.evaluate import make_eval_fn
 from interplay_jax.sampling.policy import init_model_config, is_hf_dir
 from interplay_jax.stages.skeleton import StageRun, load_tokenizer
 from interplay_jax.task.mixture import get_mixture
-from interplay_jax.task.writer import hashes_of_paths, read_jsonl, record_hash, split_files, split_seed
+from interplay_jax.task.writer import (check_jsonl_shards, hashes_of_paths, read_jsonl, record_hash, split_files,
+                                      split_seed)
 from interplay_jax.train import lm_step, optim
 from interplay_jax.train import sharding as shd
 from interplay_jax.train.loop import DevicePrefetch, Loop, LoopSettings
@@ -175,6 +176,7 @@ def validate(config, check_files: bool = True) -> None:
         train_dir = pathlib.Path(str(config.data.data_dir)) / "train"
         require(train_dir.is_dir(), f"{stage}: data.data_dir={config.data.data_dir!r} has no train/ directory "
                                     f"(expected the published layout train/op<N>/*.jsonl)")
+        check_jsonl_shards(str(config.data.data_dir))    # a shard cut short -> DataError naming it
     if config.data.source == "tokens":
         check_shards(token_dir(config.data.data_dir))   # truncated / missing shard -> one DataError line
     resuming = bool(ck.complete_steps(str(config.workdir)))

@@ -9,7 +9,8 @@ small held-out / eval splits first, the big train split last.
 
 Shard k holds the next ``shard_size`` kept records. Its files are written to temporary names and
 renamed, then the manifest (also renamed atomically) records the shard as done with the stream
-position where it ended. A rerun skips done shards, rebuilds the seen-hash set from their files, and
+position where it ended and the size of each of its files (`check_jsonl_shards` compares them: a
+shard cut short is one DataError line, not silently fewer records). A rerun skips done shards, rebuilds the seen-hash set from their files, and
 regenerates an unfinished shard from its recorded start: nothing lost or doubled.
 """
 from __future__ import annotations
@@ -119,6 +120,35 @@ def _load_manifest(out: pathlib.Path, settings: dict) -> dict:
     return manifest
 
 
+def check_jsonl_shards(data_dir) -> int:
+    """Every shard file that ``data_dir``'s manifest lists with a size is there with that size (a
+    copy cut short, a bad disk block that truncated it, an edit): otherwise one DataError line naming
+    the file. A directory without a manifest, or a manifest written before sizes were recorded, is
+    not checked (a line cut in the middle is still caught when it is read). Returns the number of
+    files checked. Costs one ``stat`` per file."""
+    root = pathlib.Path(data_dir)
+    path = root / MANIFEST
+    if not path.is_file():
+        return 0
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: unreadable manifest ({getattr(e, 'msg', e)})") from None
+    return sum(_check_shard(root, split, sh) for split, info in (manifest.get("splits") or {}).items()
+               for sh in info.get("shards", []))
+
+
+def _check_shard(root: pathlib.Path, split: str, shard: dict) -> int:
+    for rel, size in (shard.get("bytes") or {}).items():
+        f = root / split / rel
+        if not f.is_file():
+            raise DataError(f"{f}: missing (listed in {root / MANIFEST}); regenerate or restore it")
+        if f.stat().st_size != int(size):
+            raise DataError(f"{f}: {f.stat().st_size} bytes, {int(size)} when written (truncated or changed); "
+                            f"regenerate or restore it")
+    return len(shard.get("bytes") or {})
+
+
 def _shard_files(out: pathlib.Path, split: str, k: int) -> list[pathlib.Path]:
     return sorted((out / split).glob(f"op*/shard-{k:05d}.jsonl"))
 
@@ -143,6 +173,7 @@ def write_dataset(out_dir, mixture, splits: dict, seed: int = 0, shard_size: int
         done = info["shards"]
         # rebuild the seen set from finished shards (this split's and the earlier splits')
         for sh in done:
+            _check_shard(out, split, sh)
             for f in _shard_files(out, split, sh["index"]):
                 for rec in read_jsonl(f):
                     seen.add(rec.get("id") or record_hash(rec))
@@ -175,11 +206,14 @@ def write_dataset(out_dir, mixture, splits: dict, seed: int = 0, shard_size: int
                 shard_seen.append(key)
                 by_op.setdefault(rec["op"], []).append(json.dumps(rec, ensure_ascii=False))
                 got += 1
+            sizes = {}
             for op, lines in sorted(by_op.items()):
                 d = out / split / f"op{op}"
                 d.mkdir(parents=True, exist_ok=True)
-                _atomic_write(d / f"shard-{k:05d}.jsonl", "\n".join(lines) + "\n")
-            done.append({"index": k, "start": start, "end": pos, "count": got})
+                text = "\n".join(lines) + "\n"
+                _atomic_write(d / f"shard-{k:05d}.jsonl", text)
+                sizes[f"op{op}/shard-{k:05d}.jsonl"] = len(text.encode("utf-8"))
+            done.append({"index": k, "start": start, "end": pos, "count": got, "bytes": sizes})
             _atomic_write(out / MANIFEST, json.dumps(manifest, indent=1))
             kept += got
             bar.update(got)

@@ -11,8 +11,12 @@ a callable ``produce(state, step_index) -> batch`` (RL: rollouts from the curren
 - the metrics of step t-1 are pulled to the host while step t runs (async dispatch);
 - non-finite loss / grad_norm stops the run (:class:`TrainingDiverged`) without saving, so the last
   good checkpoint stays the latest;
-- checkpoints every ``ckpt_every`` steps and at the end, each holding the data-iterator state;
-- SIGINT / SIGTERM: finish the current step, save, and return with ``reason="interrupted"``.
+- checkpoints every ``ckpt_every`` steps and at the end, each holding the data-iterator state; a step
+  that both checkpoints and evaluates starts the (asynchronous) save first; a failed save stops the
+  run (one :class:`~interplay_jax.checkpoint.CheckpointWriteError` line, at the next log row at the
+  latest), the earlier checkpoints untouched;
+- SIGINT / SIGTERM: finish the current step (an evaluation under way is abandoned at once), save, and
+  return with ``reason="interrupted"``.
 """
 from __future__ import annotations
 
@@ -70,11 +74,18 @@ class LoopResult:
     last_checkpoint: int | None
 
 
+class _EvalAbandoned(BaseException):
+    """Raised by the signal handler inside an evaluation (a BaseException: eval code that catches
+    Exception does not swallow it)."""
+
+
 class _StopFlag:
-    """SIGINT/SIGTERM -> set a flag the loop checks between steps (main thread only)."""
+    """SIGINT/SIGTERM -> set a flag the loop checks between steps (main thread only); while
+    ``in_eval`` the handler also raises :class:`_EvalAbandoned` so a long evaluation stops at once."""
 
     def __init__(self):
         self.signal = None
+        self.in_eval = False
         self._old = {}
 
     def __enter__(self):
@@ -87,6 +98,8 @@ class _StopFlag:
         if self.signal is not None:  # second signal: give up at once
             raise KeyboardInterrupt
         self.signal = signum
+        if self.in_eval:
+            raise _EvalAbandoned
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():
@@ -140,6 +153,7 @@ class Loop:
         self.meta = dict(meta or {})
         self.history: list[dict] = []
         self.last_ckpt = checkpointer.latest_step() if checkpointer is not None else None
+        self._stop = _StopFlag()
         self._window: dict[str, list[float]] = {}
         self._t_window = time.perf_counter()
         self._steps_in_window = 0
@@ -206,16 +220,25 @@ class Loop:
                 self.writer.add_scalar(f"time/{k}_s", v, at)
         if self.on_log is not None:
             self.on_log(at, row)
+        if self.checkpointer is not None:
+            self.checkpointer.check()      # a failed background save stops the run here
         self.history.append(row)
         self._window.clear()
         self._steps_in_window = 0
         self._t_window, self._excluded, self._waited = now, 0.0, 0.0
 
     def _evaluate(self, state, at: int) -> None:
-        if self.eval_fn is None:
+        if self.eval_fn is None or self._stop.signal is not None:
             return
-        with self._timed("eval"):
-            results = self.eval_fn(state)
+        try:
+            self._stop.in_eval = True
+            with self._timed("eval"):
+                results = self.eval_fn(state)
+        except _EvalAbandoned:
+            tqdm.write(f"eval step {at}: abandoned (interrupted)")
+            return
+        finally:
+            self._stop.in_eval = False
         if not results:
             return
         tqdm.write(f"eval step {at} | " + " | ".join(f"{k} {v:.4f}" for k, v in results.items()))
@@ -244,7 +267,7 @@ class Loop:
         bar = tqdm(total=s.total_steps, initial=start_step, desc=s.desc, disable=not s.progress,
                    dynamic_ncols=True, leave=False)
         try:
-            with _StopFlag() as stop:
+            with self._stop as stop:
                 while step < s.total_steps:
                     if stop.signal is not None:
                         reason = "interrupted"
@@ -279,15 +302,15 @@ class Loop:
                     if boundary or do_eval or step == s.total_steps:
                         self._absorb(*pending)     # never checkpoint a diverged state
                         pending = None
+                        if boundary:               # the async save runs while the eval does
+                            self._save(state, step, data_state())
                         if do_eval:
                             self._evaluate(state, step)
-                        if boundary:
-                            self._save(state, step, data_state())
                 if pending is not None:
                     self._absorb(*pending)
+                self._save(state, step, data_state())
                 if step == s.total_steps and not (s.eval_every and step % s.eval_every == 0):
                     self._evaluate(state, step)
-                self._save(state, step, data_state())
         finally:
             bar.close()
             if self.checkpointer is not None:
