@@ -93,17 +93,39 @@ def one_line(e: BaseException, limit: int = 300) -> str:
 _previous_unraisablehook = sys.unraisablehook
 
 
+def _from_orbax(tb) -> bool:
+    """Whether a traceback passes through orbax's code."""
+    while tb is not None:
+        if f"{os.sep}orbax{os.sep}" in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
+
+
 def _drop_closed_loop_noise(unraisable) -> None:
     exc, obj = unraisable.exc_value, unraisable.object
     code = getattr(obj, "cr_code", None)
     noise = (isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed") or \
-        (code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename)
+        (code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename) or _from_orbax(unraisable.exc_traceback)
     if noise and not verbose():
         return
     _previous_unraisablehook(unraisable)
 
 
 sys.unraisablehook = _drop_closed_loop_noise
+
+
+class _AsyncioNoiseFilter(logging.Filter):
+    """The same reads' futures, collected unretrieved ("Task exception was never retrieved"), are
+    logged by asyncio with orbax's traceback: dropped unless verbose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return verbose() or not (_from_orbax(getattr(exc, "__traceback__", None))
+                                 or "never retrieved" in str(record.msg))
+
+
+logging.getLogger("asyncio").addFilter(_AsyncioNoiseFilter())
 
 
 class _OrbaxLogFilter(logging.Filter):
