@@ -142,5 +142,6 @@ def command(run: Run, root: pathlib.Path) -> str:
     """One shell command that runs ``run`` (for a cluster scheduler)."""
     cfg = f"configs/{run.config}" + (f":{run.arg}" if run.arg else "")
     parts = ["python", "-m", "interplay_jax.main", f"--config={cfg}"]
-    parts += [f"--config.{k}={v}" for k, v in resolved_overrides(run, root).items()]
+    parts += [f"--config.{k}={','.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
+              for k, v in resolved_overrides(run, root).items()]
     return " ".join(shlex.quote(p) for p in parts)

@@ -236,27 +236,38 @@ def finding_section(module, paired: dict, summaries: dict) -> list[str]:
              "Each claim is a paired difference against the base over the same prompts, with its 95% bootstrap "
              "interval; the claims and the rule were fixed before the run (experiments/"
              f"{module.__name__.rsplit('_', 1)[-1]}.py `FINDINGS`).", "",
-             "| claim | run | bucket | metric | Δ (points) [95% CI] | shows? |", "|---|---|---|---|---|---|"]
+             "A claim has no signal when the base and the run are both at 0% (or, for \"does not lift\", the base "
+             "is already at 100%): then it is neither confirmed nor refuted.", "",
+             "| claim | run | bucket | metric | base | run | Δ (points) [95% CI] | shows? |",
+             "|---|---|---|---|---|---|---|---|"]
     verdicts = []
+    base_name = next(iter(summaries))
     for text, run, bucket, k, expect, core in claims:
         d = paired.get(run, {}).get(bucket)
         if not d:
-            lines.append(f"| {text} | {run} | {bucket} | - | not evaluated | - |")
+            lines.append(f"| {text} | {run} | {bucket} | - | - | - | not evaluated | - |")
             if core:
                 verdicts.append(None)
             continue
         kk = max(d["verified"]) if k == "n" else int(k)
         e = d["verified"].get(kk)
         lo, hi = e["ci"]
-        shows = lo > 0 if expect == "up" else not lo > 0
+        b = summaries[base_name]["pass_at_k"].get(bucket, {}).get("verified", {}).get(kk)
+        r = summaries.get(run, {}).get("pass_at_k", {}).get(bucket, {}).get("verified", {}).get(kk)
+        if (b == 0 and r == 0) or (expect == "not_up" and b == 1):
+            shows, word = None, "no signal"
+        else:
+            shows = lo > 0 if expect == "up" else not lo > 0
+            word = "yes" if shows else "no"
         if core:
             verdicts.append(shows)
-        lines.append(f"| {text} | {run} | {bucket} | strict pass@{kk} | {100 * e['delta']:+.1f} "
-                     f"[{100 * lo:+.1f}, {100 * hi:+.1f}] | {'yes' if shows else 'no'} |")
+        pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
+        lines.append(f"| {text} | {run} | {bucket} | strict pass@{kk} | {pct(b)} | {pct(r)} | {100 * e['delta']:+.1f} "
+                     f"[{100 * lo:+.1f}, {100 * hi:+.1f}] | {word} |")
     if verdicts and all(v is not None for v in verdicts):
         overall = ("**yes**" if all(verdicts) else "**partly**" if any(verdicts) else "**no**")
     else:
-        overall = "**cannot say** (a run of the claim was not evaluated)"
+        overall = "**cannot say** (a core claim was not evaluated or has no signal)"
     lines += ["", f"Overall (core claims): {overall}.", ""]
     partial = [n for n, sm in summaries.items() if sm.get("partial")]
     if partial:
