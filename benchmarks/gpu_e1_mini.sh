@@ -20,7 +20,7 @@
 #   PARALLEL     processes at a time on the GPU (default 6); MEM_FRACTION shared by them (0.9)
 #   SEED_DIR     finished runs to copy in first (e.g. a carried tokenizer: runs/e1_seed/E1_mini)
 #   PRETRAIN_STEPS, PRETRAIN_SET ("model.num_layers=12 optimizer.lr=2e-3 ..." for every pre-training run)
-#   RL_STEPS (default 30), RL_MICRO (rl.micro_batch_size, default 16), RL_SET ("key=value ..." for every RL run)
+#   RL_STEPS (default 30), RL_MICRO (rl.micro_batch_size, default 8: the masked attention of the update keeps fp32 scores), RL_SET ("key=value ..." for every RL run)
 #   EDGE_OPS (default 2-14), EDGE_PER_OP (4), EDGE_N (16)       the edge run's probe
 #   EVAL_OPS (2-20), EVAL_PER_OP (16), EVAL_N (16), EVAL_MAX_NEW (768), EVAL_BATCH (32 prompts per call)
 #   OVERRIDES    free-form "RUN.KEY=VALUE ..." (RUN: a name, a pattern like rl_*, or @pretrain/@rl/@eval)
@@ -46,7 +46,7 @@ add() { OV+=(--override "$1"); }
 [ -n "${PRETRAIN_STEPS:-}" ] && add "@pretrain.total_steps=$PRETRAIN_STEPS"
 for kv in ${PRETRAIN_SET:-}; do add "@pretrain.$kv"; done
 add "@rl.rl.total_steps=${RL_STEPS:-30}"
-add "@rl.rl.micro_batch_size=${RL_MICRO:-16}"
+add "@rl.rl.micro_batch_size=${RL_MICRO:-8}"
 for kv in ${RL_SET:-}; do add "@rl.$kv"; done
 add "*edge.data.edge.ops=${EDGE_OPS:-2-14}"
 add "*edge.data.edge.per_op=${EDGE_PER_OP:-4}"

@@ -17,7 +17,7 @@ Each point is one process (XLA_PYTHON_CLIENT_MEM_FRACTION split between them) th
 The driver prints one Markdown row per point (model shape and params, lr, betas, batch tokens,
 document masking, mixture, steps, tokens seen, minutes, held-out loss, strict pass@1 / pass@n for ID
 and OOD-edge, answer-only pass@1) and writes DIR/sweep.json and DIR/sweep.md. "minutes" is the
-point's training time while sharing the GPU with the other points (a run alone is faster).
+point's training wall time, compilation included, while sharing the GPU with the other points (alone it is faster).
 
 The data source is one setting: ``--set data.source=...`` / ``--set data.num_threads=N`` (applied to
 every point; once the token-shard pipeline lands: ``--set data.source=tokens --set data.workers=N``).
@@ -83,12 +83,8 @@ def pretrain_config(spec: dict, workdir, tokenizer: str, sets: list[str], total_
     c.ckpt_every = 0
     c.eval_every = 0
     c.progress = False
-    if probe:
-        c.eval.per_bucket = 0               # no held-out eval in the probe
-        c.keep_checkpoints = 1
-    else:
-        c.eval.buckets = "ID:2-10,OOD-edge:11-14"
-        c.eval.per_bucket = 64
+    c.eval.buckets = "ID:2-10,OOD-edge:11-14"
+    c.eval.per_bucket = 64
     for kv in sets:
         key, _, raw = kv.partition("=")
         try:
@@ -96,6 +92,9 @@ def pretrain_config(spec: dict, workdir, tokenizer: str, sets: list[str], total_
         except (ValueError, SyntaxError):
             value = raw
         override(c, key, value, where="--set: ")
+    if probe:
+        c.eval.per_bucket = 0               # no held-out eval in the probe
+        c.keep_checkpoints = 1
     c.lock()
     return c
 
@@ -141,7 +140,14 @@ def run_point(a) -> int:
         rec["probe"] = {"steps": a.probe_steps, "steps_per_s": sps, "wall_s": probe.get("wall_s")}
         print(f"[{spec['name']}] probe: {sps:.2f} steps/s -> {steps} steps for {a.minutes} min", flush=True)
     cfg = pretrain_config(spec, out / "train", a.tokenizer, a.set, steps)
-    rec["params"] = model_config_from_dict(cfg.model).num_params()
+    mc = model_config_from_dict(cfg.model)
+    rec["params"] = mc.num_params()
+    # what actually ran (--set may change the point's own fields)
+    rec["effective"] = {"batch_size": int(cfg.batch_size), "seq_len": int(cfg.seq_len), "lr": float(cfg.optimizer.lr),
+                        "b2": float(cfg.optimizer.b2), "document_mask": bool(cfg.document_mask),
+                        "mixture": str(cfg.mixture), "num_layers": mc.num_layers, "hidden_size": mc.hidden_size,
+                        "dtype": mc.dtype, "data": cfg.data.to_dict()}
+    tokens_per_step = int(cfg.batch_size) * int(cfg.seq_len)
     guard = threading.Timer(a.guard_s, lambda: os.kill(os.getpid(), signal.SIGTERM)) if a.guard_s > 0 else None
     t1 = time.time()
     try:
@@ -198,8 +204,8 @@ def table(records: list[dict]) -> str:
             "ID answer@1 | status |",
             "|" + "---|" * 18]
     for r in records:
-        s = r["spec"]
-        m = {**{"num_layers": 10, "hidden_size": 256}, **s["model"]}
+        s = {**r["spec"], **r.get("effective", {})}
+        m = {**{"num_layers": 10, "hidden_size": 256}, **r["spec"]["model"], **r.get("effective", {})}
         ev = r.get("eval", {})
 
         def pk(bucket, metric, which):

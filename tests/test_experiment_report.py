@@ -70,3 +70,26 @@ def test_e1_report_verdict_cut_runs_and_edge(tmp_path):
     res = json.loads(pathlib.Path(paths["results"]).read_text())
     assert res["order"] == ["base", "rl_op7-10", "rl_op11-14"]     # the eval run's order
     assert res["delta_intervals"]["rl_op11-14"]["OOD-edge"]["verified"]["8"]["ci"][0] > 0
+
+
+def test_e7_claims_compare_each_rl_run_with_its_own_base(tmp_path):
+    root = tmp_path / "E7_mini"
+    buckets = {"op11-14": (11, 14), "op15-20": (15, 20)}
+    spec = {
+        "pre_hard0.1": [(op, 8) for op in (12, 16) for _ in range(8)],       # a strong first base
+        "rl_hard0.1": [(op, 8) for op in (12, 16) for _ in range(8)],
+        "pre_hard5": [(op, 0) for op in (12, 16) for _ in range(8)],
+        "rl_hard5": [(op, 2 if op == 12 else 0) for op in (12, 16) for _ in range(8)],
+    }
+    for name, s in spec.items():
+        mix = name.split("_", 1)[1]
+        d = root / f"eval_{mix}" / name
+        d.mkdir(parents=True)
+        (d / "results.json").write_text(json.dumps(eval_report.summarize(_prompts(s), checkpoint=name,
+                                                                         buckets=buckets)))
+    md = pathlib.Path(report.build("E7", "mini", tmp_path)["markdown"]).read_text()
+    row = next(ln for ln in md.splitlines() if ln.startswith("| RL (op11-14) lifts op11-14 pass@n over its base (hard5)"))
+    assert "| 0.0 | 100.0 | +100.0 [+100.0, +100.0] | yes |" in row, row          # vs pre_hard5, not pre_hard0.1
+    row = next(ln for ln in md.splitlines() if ln.startswith("| RL (op11-14) lifts op15-20 pass@n over its base (hard5)"))
+    assert row.endswith("| no signal |"), row
+    assert "**cannot say**" in md           # hard20 ... hard50 were not evaluated

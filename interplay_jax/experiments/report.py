@@ -22,6 +22,7 @@ import sys
 from interplay_jax import checkpoint as ck
 from interplay_jax.config import parse_buckets
 from interplay_jax.errors import ConfigError, UserError
+from interplay_jax.eval import bootstrap
 from interplay_jax.eval import report as eval_report
 from interplay_jax.experiments import dag
 
@@ -223,12 +224,22 @@ def edge_section(runs, root: pathlib.Path) -> list[str]:
 # ----------------------------------------------------------------------------------------- findings
 
 
-def finding_section(module, paired: dict, summaries: dict) -> list[str]:
-    """The definition's ``FINDINGS`` checked against the paired deltas (95% intervals).
+def _paired(summaries: dict, base: str, run: str) -> dict:
+    """Paired deltas ``run - base`` per bucket (eval/bootstrap.py) from the two summaries' prompts."""
+    b, r = summaries.get(base), summaries.get(run)
+    if not (b and r and b.get("prompts") and r.get("prompts")):
+        return {}
+    buckets = {name: tuple(rng) for name, rng in b["buckets"].items()}
+    return bootstrap.paired_deltas(b["prompts"], r["prompts"], buckets)
 
-    Each claim is ``(text, run, bucket, k, expect, core)``: ``k`` an int or "n" (the largest k both
-    have), ``expect`` "up" (shows when the interval lies above 0) or "not_up" (shows when it does
-    not), ``core`` whether the claim is part of the overall verdict."""
+
+def finding_section(module, summaries: dict) -> list[str]:
+    """The definition's ``FINDINGS`` checked against paired deltas (95% intervals).
+
+    Each claim is ``(text, run, bucket, k, expect, core[, base])``: ``k`` an int or "n" (the largest
+    k both have), ``expect`` "up" (shows when the interval lies above 0) or "not_up" (shows when it
+    does not), ``core`` whether the claim is part of the overall verdict, ``base`` the run compared
+    against (default: the first evaluated checkpoint)."""
     claims = getattr(module, "FINDINGS", ())
     if not claims:
         return []
@@ -241,9 +252,11 @@ def finding_section(module, paired: dict, summaries: dict) -> list[str]:
              "| claim | run | bucket | metric | base | run | Δ (points) [95% CI] | shows? |",
              "|---|---|---|---|---|---|---|---|"]
     verdicts = []
-    base_name = next(iter(summaries))
-    for text, run, bucket, k, expect, core in claims:
-        d = paired.get(run, {}).get(bucket)
+    first = next(iter(summaries))
+    for claim in claims:
+        text, run, bucket, k, expect, core = claim[:6]
+        base_name = claim[6] if len(claim) > 6 else first
+        d = _paired(summaries, base_name, run).get(bucket)
         if not d:
             lines.append(f"| {text} | {run} | {bucket} | - | - | - | not evaluated | - |")
             if core:
@@ -284,15 +297,13 @@ def build(experiment: str, scale: str, root: pathlib.Path, out: pathlib.Path | N
                           f"{experiment} --scale={scale} --root={root}` first")
     out = pathlib.Path(out) if out else exp_root / "report"
     paths = eval_report.write_report(out, summaries)
-    combined = eval_report.load_results(paths["results"])
-    paired = combined.get("delta_intervals", {})
     module = dag.experiment_module(experiment)
     histories = {r.name: rl_history(exp_root / r.name) for r in runs if r.config == "rl.py"}
     curves = plot_rl_curves(histories, out / "rl_curves.png")
     if curves:
         paths["rl_curves"] = str(curves)
     md = [f"# {experiment.upper()} ({scale} scale)", "", (module.__doc__ or "").strip(), ""]
-    md += finding_section(module, paired, summaries)
+    md += finding_section(module, summaries)
     facts = run_facts(runs, exp_root)
     if facts:
         md += ["## Runs", "", "| run | steps done / planned | tokens | minutes | ended | params |",
