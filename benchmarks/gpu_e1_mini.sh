@@ -18,21 +18,22 @@
 #   DEADLINE     seconds for all runs (default 540); the report follows (~30 s)
 #   LIMIT_TOKENIZER / LIMIT_PRETRAIN / LIMIT_RL / LIMIT_EVAL   per-run limits, s (150 / 255 / 150 / 120)
 #   PARALLEL     processes at a time on the GPU (default 6); MEM_FRACTION shared by them (0.9)
-#   SEED_DIR     finished runs to copy in first (e.g. a carried tokenizer: runs/e1_seed/E1_mini)
+#   SEED_DIR     finished runs to copy in first (default runs/e1_seed/E1_<scale>: the tokenizer built beforehand,
+#                carried as an ignored path; empty = build it here)
 #   PRETRAIN_STEPS, PRETRAIN_SET ("model.num_layers=12 optimizer.lr=2e-3 ..." for every pre-training run)
 #   RL_STEPS (default 30), RL_MICRO (rl.micro_batch_size, default 8: the masked attention of the update keeps fp32 scores), RL_SET ("key=value ..." for every RL run)
-#   EDGE_OPS (default 2-14), EDGE_PER_OP (4), EDGE_N (16)       the edge run's probe
+#   EDGE_OPS (default 2-14), EDGE_PER_OP (4), EDGE_N (16), EDGE_BATCH (16 prompts per call): the edge probe
 #   EVAL_OPS (2-20), EVAL_PER_OP (16), EVAL_N (16), EVAL_MAX_NEW (768), EVAL_BATCH (32 prompts per call)
 #   OVERRIDES    free-form "RUN.KEY=VALUE ..." (RUN: a name, a pattern like rl_*, or @pretrain/@rl/@eval)
 #
-# CPU smoke test (the same code path, tiny; ~6-8 min on a loaded 2-core machine):
-#   PY=.venv/bin/python SCALE=mini OUT=/tmp/e1_smoke ROOT=/tmp/e1_smoke_runs DEADLINE=1500 \
-#   LIMIT_PRETRAIN=600 LIMIT_RL=600 LIMIT_EVAL=600 PARALLEL=2 SEED_DIR= PRETRAIN_STEPS=4 RL_STEPS=2 \
+# CPU smoke test (the same code path, tiny, building its own small tokenizer; ~5 min on a loaded 2-core machine):
+#   PY=.venv/bin/python JAX_PLATFORMS=cpu SCALE=mini OUT=/tmp/e1_smoke ROOT=/tmp/e1_smoke_runs DEADLINE=1500 \
+#   LIMIT_PRETRAIN=600 LIMIT_RL=600 LIMIT_EVAL=600 PARALLEL=2 SEED_DIR= PRETRAIN_STEPS=4 RL_STEPS=2 RL_MICRO=0 \
 #   EDGE_OPS=2-3 EDGE_PER_OP=1 EDGE_N=2 EVAL_OPS=2,3,12 EVAL_PER_OP=1 EVAL_N=2 EVAL_MAX_NEW=32 EVAL_BATCH=4 \
 #   OVERRIDES="@pretrain.model.preset=micro @pretrain.model.dtype=float32 @pretrain.batch_size=4 \
 #     @pretrain.seq_len=512 @pretrain.eval.per_bucket=2 @pretrain.eval.batch_size=2 @rl.rl.num_prompts=2 \
-#     @rl.rl.n=2 @rl.rl.max_response_len=32 @rl.rl.max_prompt_len=512 @rl.rl.num_minibatches=1 \
-#     rl_edge.data.edge.max_new_tokens=32 tokenizer.num_docs=300" bash benchmarks/gpu_e1_mini.sh
+#     @rl.rl.n=2 @rl.rl.max_response_len=32 @rl.rl.num_minibatches=1 rl_edge.data.edge.max_new_tokens=32 \
+#     tokenizer.num_docs=300" bash benchmarks/gpu_e1_mini.sh
 set -u
 cd "$(dirname "$0")/.."
 T0=$(date +%s.%N)
@@ -40,7 +41,7 @@ source benchmarks/gpu_env.sh
 EXP=${EXPERIMENT:-E1}; SCALE=${SCALE:-mini}
 OUT=${OUT:-$REPO/out/e1_mini}; ROOT=${ROOT:-/tmp/interplay_runs}
 mkdir -p "$OUT" "$ROOT"
-SEED_DIR=${SEED_DIR-$REPO/runs/e1_seed/${EXP}_${SCALE}}
+SEED_DIR=${SEED_DIR-$REPO/runs/e1_seed/E1_${SCALE}}   # the tokenizer run is the same in every experiment
 OV=(--override "*.progress=False")
 add() { OV+=(--override "$1"); }
 [ -n "${PRETRAIN_STEPS:-}" ] && add "@pretrain.total_steps=$PRETRAIN_STEPS"
@@ -51,6 +52,7 @@ for kv in ${RL_SET:-}; do add "@rl.$kv"; done
 add "*edge.data.edge.ops=${EDGE_OPS:-2-14}"
 add "*edge.data.edge.per_op=${EDGE_PER_OP:-4}"
 add "*edge.data.edge.n=${EDGE_N:-16}"
+add "*edge.data.edge.batch_prompts=${EDGE_BATCH:-16}"
 add "@eval.eval.ops=${EVAL_OPS:-2-20}"
 add "@eval.eval.per_op=${EVAL_PER_OP:-16}"
 add "@eval.sampling.n=${EVAL_N:-16}"
@@ -77,7 +79,7 @@ except Exception:
     gpu = ""
 knobs = {k: v for k, v in os.environ.items() if k in (
     "EXPERIMENT", "SCALE", "DEADLINE", "PARALLEL", "MEM_FRACTION", "SEED_DIR", "PRETRAIN_STEPS", "PRETRAIN_SET",
-    "RL_STEPS", "RL_MICRO", "RL_SET", "EDGE_OPS", "EDGE_PER_OP", "EDGE_N", "EVAL_OPS", "EVAL_PER_OP", "EVAL_N",
+    "RL_STEPS", "RL_MICRO", "RL_SET", "EDGE_OPS", "EDGE_PER_OP", "EDGE_N", "EDGE_BATCH", "EVAL_OPS", "EVAL_PER_OP", "EVAL_N",
     "EVAL_MAX_NEW", "EVAL_BATCH", "OVERRIDES") or k.startswith("LIMIT_")}
 cmd = " ".join(f"{k}={json.dumps(v) if ' ' in v else v}" for k, v in sorted(knobs.items()))
 run = {"machine": f"{gpu or 'no GPU'}; {os.cpu_count()} CPU cores; {platform.platform()}",

@@ -132,7 +132,9 @@ def markdown(analysis: Mapping, title: str = "error analysis per op") -> list[st
 
 
 def _clip(text: str, limit: int) -> str:
-    text = " ".join(str(text).split())
+    """One line, control characters and backticks replaced (model output can be anything)."""
+    text = "".join(ch if ch.isprintable() else " " for ch in str(text)).replace("`", "'")
+    text = " ".join(text.split())
     return text if len(text) <= limit else text[:limit] + " …"
 
 

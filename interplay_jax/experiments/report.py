@@ -175,7 +175,9 @@ def plot_rl_curves(histories: dict[str, list[dict]], path) -> pathlib.Path | Non
 
 
 def run_facts(runs, root: pathlib.Path) -> list[str]:
-    """One row per training run: steps done / planned, tokens, minutes, how it ended."""
+    """One row per training run: steps done / planned, tokens, minutes, how it ended (minutes of a
+    run cut by a time limit come from ``phases.json`` of benchmarks/run_experiment.py when present)."""
+    phases = _json(root / "phases.json").get("runs", {})
     rows = []
     for r in runs:
         if r.config not in ("pretrain.py", "midtrain.py", "rl.py"):
@@ -195,8 +197,10 @@ def run_facts(runs, root: pathlib.Path) -> list[str]:
             planned = cfg.get("total_steps") or int(cfg.get("total_tokens", 0)) // max(
                 int(cfg.get("batch_size", 1)) * int(cfg.get("seq_len", 1)), 1)
             tokens = f"{steps * int(cfg.get('batch_size', 0)) * int(cfg.get('seq_len', 0)) / 1e6:.1f}M"
-        minutes = f"{summary['wall_s'] / 60:.1f}" if summary.get("wall_s") else "-"
-        ended = summary.get("reason", "?") if summary else "cut (no summary.json: stopped by a time limit?)"
+        sec = summary.get("wall_s") or phases.get(r.name, {}).get("seconds")
+        minutes = f"{sec / 60:.1f}" if sec else "-"
+        ended = summary.get("reason", "?") if summary else (
+            "cut by its time limit" if phases.get(r.name, {}).get("signalled") else "cut (no summary.json)")
         params = lineage.get("model_params")
         rows.append(f"| {r.name} | {steps} / {planned} | {tokens} | {minutes} | {ended} | "
                     f"{'-' if params is None else f'{params / 1e6:.1f}M'} |")
