@@ -21,6 +21,9 @@
 #   SEED_DIR     finished runs to copy in first (default runs/e1_seed/E1_<scale>: the tokenizer built beforehand,
 #                carried as an ignored path; empty = build it here)
 #   PRETRAIN_STEPS, PRETRAIN_SET ("model.num_layers=12 optimizer.lr=2e-3 ..." for every pre-training run)
+#   RECIPE_FROM  a sweep.json (benchmarks/gpu_sweep_mini.sh): PRETRAIN_SET / PRETRAIN_STEPS from its best point on
+#                the base mixture (highest strict ID pass@1), steps = RECIPE_SECONDS (180) x its probe speed;
+#                PRETRAIN_SET / PRETRAIN_STEPS given as well win over the recipe's
 #   RL_STEPS (default 30), RL_MICRO (rl.micro_batch_size, default 8: the masked attention of the update keeps fp32 scores), RL_SET ("key=value ..." for every RL run)
 #   EDGE_OPS (default 2-14), EDGE_PER_OP (4), EDGE_N (16), EDGE_BATCH (16 prompts per call): the edge probe
 #   EVAL_OPS (2-20), EVAL_PER_OP (16), EVAL_N (16), EVAL_MAX_NEW (768), EVAL_BATCH (32 prompts per call)
@@ -42,6 +45,13 @@ EXP=${EXPERIMENT:-E1}; SCALE=${SCALE:-mini}
 OUT=${OUT:-$REPO/out/e1_mini}; ROOT=${ROOT:-/tmp/interplay_runs}
 mkdir -p "$OUT" "$ROOT"
 SEED_DIR=${SEED_DIR-$REPO/runs/e1_seed/E1_${SCALE}}   # the tokenizer run is the same in every experiment
+if [ -n "${RECIPE_FROM:-}" ]; then      # the best base-mixture point of a sweep (benchmarks/sweep_mini.py recipe)
+  _user_set=${PRETRAIN_SET:-}; _user_steps=${PRETRAIN_STEPS:-}
+  eval "$("$PY" benchmarks/sweep_mini.py recipe --sweep "$RECIPE_FROM" --seconds "${RECIPE_SECONDS:-180}")"
+  PRETRAIN_SET="${PRETRAIN_SET:-} $_user_set"                # the user's fields come last: they win
+  [ -n "$_user_steps" ] && PRETRAIN_STEPS=$_user_steps
+  export PRETRAIN_SET ${PRETRAIN_STEPS:+PRETRAIN_STEPS}     # recorded in run.json
+fi
 OV=(--override "*.progress=False")
 add() { OV+=(--override "$1"); }
 [ -n "${PRETRAIN_STEPS:-}" ] && add "@pretrain.total_steps=$PRETRAIN_STEPS"
@@ -78,7 +88,7 @@ try:
 except Exception:
     gpu = ""
 knobs = {k: v for k, v in os.environ.items() if k in (
-    "EXPERIMENT", "SCALE", "DEADLINE", "PARALLEL", "MEM_FRACTION", "SEED_DIR", "PRETRAIN_STEPS", "PRETRAIN_SET",
+    "EXPERIMENT", "SCALE", "DEADLINE", "PARALLEL", "MEM_FRACTION", "SEED_DIR", "PRETRAIN_STEPS", "PRETRAIN_SET", "RECIPE_FROM", "RECIPE_SECONDS",
     "RL_STEPS", "RL_MICRO", "RL_SET", "EDGE_OPS", "EDGE_PER_OP", "EDGE_N", "EDGE_BATCH", "EVAL_OPS", "EVAL_PER_OP", "EVAL_N",
     "EVAL_MAX_NEW", "EVAL_BATCH", "OVERRIDES") or k.startswith("LIMIT_")}
 cmd = " ".join(f"{k}={json.dumps(v) if ' ' in v else v}" for k, v in sorted(knobs.items()))

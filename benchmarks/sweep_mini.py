@@ -4,6 +4,7 @@
         [--minutes 3 | --tokens 40e6] [--parallel 6] [--set data.num_threads=2 ...] \
         [--eval-ops 2-14 --eval-per-op 16 --eval-n 16] [--tokenizer PATH] [--deadline 600]
     python benchmarks/sweep_mini.py list
+    python benchmarks/sweep_mini.py recipe --sweep DIR/sweep.json --seconds 180   # for gpu_e1_mini.sh
 
 Each point is one process (XLA_PYTHON_CLIENT_MEM_FRACTION split between them) that
 1. with ``--minutes M``: probes its speed (``--probe-steps`` steps after compiling, concurrently
@@ -167,6 +168,7 @@ def run_point(a) -> int:
     rec.update(steps=done_steps, planned_steps=steps, tokens=done_steps * tokens_per_step,
                tokens_per_s=fin.get("tokens_per_s"), loss=fin.get("loss"),
                heldout={k.split("/")[-1]: v for k, v in fin.items() if k.startswith("eval/heldout_loss/")})
+    (out / "point.json").write_text(json.dumps({**rec, "eval_error": "not evaluated (yet)"}, indent=1))
     t2 = time.time()
     try:
         res = run_config(eval_config(out / "train", out / "eval", a))["summaries"]["base"]
@@ -285,9 +287,44 @@ def run_sweep(a) -> int:
     return 0
 
 
+def recipe(a) -> int:
+    """Shell assignments PRETRAIN_SET / PRETRAIN_STEPS for benchmarks/gpu_e1_mini.sh from a sweep:
+    among the points trained on ``--mixture`` (default base, E1's 20/30/50) that were evaluated, the
+    one with the highest strict ID pass@1 (rule fixed before the sweep ran); steps = ``--seconds`` x
+    its probe speed (measured while sharing the GPU, so a run alone finishes early rather than late)."""
+    data = json.loads(pathlib.Path(a.sweep).read_text())
+    best, best_v = None, -1.0
+    for r in data["points"]:
+        eff = {**r["spec"], **r.get("effective", {})}
+        v = (r.get("eval", {}).get("ID", {}).get("verified", {}) or {}).get("1")
+        if eff.get("mixture") != a.mixture or v is None:
+            continue
+        if float(v) > best_v:
+            best, best_v = r, float(v)
+    if best is None:
+        print(f"echo 'sweep {a.sweep}: no evaluated point on mixture {a.mixture}; using the grid recipe' >&2")
+        return 0
+    spec, eff = best["spec"], {**best["spec"], **best.get("effective", {})}
+    fields = [f"model.{k}={v}" for k, v in spec["model"].items()]
+    fields += [f"optimizer.lr={eff['lr']}", f"optimizer.min_lr={eff['lr'] / 10}", f"optimizer.b2={eff['b2']}",
+               f"batch_size={eff['batch_size']}", f"seq_len={eff['seq_len']}",
+               f"document_mask={bool(eff['document_mask'])}"]
+    sps = float((best.get("probe") or {}).get("steps_per_s") or 0.0)
+    steps = int(a.seconds * sps) if sps else 0
+    print(f"echo 'recipe from {a.sweep}: point {spec['name']} (ID strict pass@1 {100 * best_v:.1f}%), "
+          f"{steps} steps ({a.seconds:g} s at {sps:.2f} steps/s)' >&2")
+    print(f"PRETRAIN_SET='{' '.join(fields)}'")
+    if steps:
+        print(f"PRETRAIN_STEPS={steps}")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python benchmarks/sweep_mini.py")
-    p.add_argument("mode", choices=("run", "point", "list"))
+    p.add_argument("mode", choices=("run", "point", "list", "recipe"))
+    p.add_argument("--sweep", default="", help="(recipe mode) a sweep.json")
+    p.add_argument("--seconds", type=float, default=180.0, help="(recipe mode) training seconds of the E1 base")
+    p.add_argument("--mixture", default="base", help="(recipe mode) only points trained on this mixture")
     p.add_argument("--out", default="out/sweep_mini")
     p.add_argument("--points", default="default", help="default | all | comma-separated names (see `list`)")
     p.add_argument("--spec", default="", help="(point mode) the point as JSON")
@@ -313,6 +350,8 @@ def main(argv=None) -> int:
         return 0
     if a.mode == "point":
         return run_point(a)
+    if a.mode == "recipe":
+        return recipe(a)
     return run_sweep(a)
 
 
