@@ -15,8 +15,8 @@
 #   OUT          output folder ($OUT on the device tool; default out/e1_mini)
 #   ROOT         run directories (checkpoints; default /tmp/interplay_runs, kept off $OUT)
 #   EXPERIMENT   E1 (default) or E7;  SCALE mini (default) or cpu
-#   DEADLINE     seconds for all runs (default 540); the report follows (~30 s)
-#   LIMIT_TOKENIZER / LIMIT_PRETRAIN / LIMIT_RL / LIMIT_EVAL   per-run limits, s (150 / 255 / 150 / 120)
+#   DEADLINE     seconds for all runs (default 520); the report follows (~30 s): ~9.5 min in all
+#   LIMIT_TOKENIZER / LIMIT_PRETRAIN / LIMIT_RL / LIMIT_EVAL   per-run limits, s (150 / 255 / 150 / 110)
 #   PARALLEL     processes at a time on the GPU (default 6); MEM_FRACTION shared by them (0.9)
 #   SEED_DIR     finished runs to copy in first (default runs/e1_seed/E1_<scale>: the tokenizer built beforehand,
 #                carried as an ignored path; empty = build it here)
@@ -71,10 +71,10 @@ add "@eval.sampling.batch_prompts=${EVAL_BATCH:-32}"
 for kv in ${OVERRIDES:-}; do add "$kv"; done
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 "$PY" -c "import jax; print('jax', jax.__version__, jax.devices())"
-"$PY" benchmarks/run_experiment.py "$EXP" --scale="$SCALE" --root="$ROOT" --deadline="${DEADLINE:-540}" \
+"$PY" benchmarks/run_experiment.py "$EXP" --scale="$SCALE" --root="$ROOT" --deadline="${DEADLINE:-520}" \
   --parallel="${PARALLEL:-6}" --mem-fraction="${MEM_FRACTION:-0.9}" ${SEED_DIR:+--seed-dir="$SEED_DIR"} \
   --limit tokenizer="${LIMIT_TOKENIZER:-150}" --limit pretrain="${LIMIT_PRETRAIN:-255}" \
-  --limit rl="${LIMIT_RL:-150}" --limit eval="${LIMIT_EVAL:-120}" "${OV[@]}"
+  --limit rl="${LIMIT_RL:-150}" --limit eval="${LIMIT_EVAL:-110}" "${OV[@]}"
 RC=$?
 "$PY" -m interplay_jax.experiments.report "$EXP" --scale="$SCALE" --root="$ROOT" --out="$OUT"
 cp "$ROOT/${EXP}_${SCALE}/phases.json" "$OUT/" 2>/dev/null
