@@ -8,6 +8,18 @@ EDGE_PROBE = {  # per-op probe of the edge preset (configs/rl.py data.edge)
     "cpu": {"data.edge.per_op": 2, "data.edge.n": 4, "data.edge.max_new_tokens": 160, "data.edge.ops": "2-14"},
     "mini": {"data.edge.per_op": 8, "data.edge.n": 16, "data.edge.max_new_tokens": 768},
 }
+# The claims the report checks (fixed before any run): (text, run, bucket, k or "n" = the largest k,
+# expect: "up" = the paired 95% interval of the delta lies above 0 / "not_up" = it does not, core:
+# part of the overall verdict). The study's edge is op11-14 by its definition, so rl_op11-14 carries
+# the core claim; the probed edge run is reported beside it.
+FINDINGS = (
+    ("RL at the edge (op11-14) lifts OOD-edge pass@n above the base", "rl_op11-14", "OOD-edge", "n", "up", True),
+    ("RL on in-distribution ops (op7-10) does not lift ID pass@n above the base", "rl_op7-10", "ID", "n", "not_up",
+     True),
+    ("RL at the probed edge lifts OOD-edge pass@n above the base", "rl_edge", "OOD-edge", "n", "up", False),
+    ("RL at the edge (op11-14) raises OOD-edge pass@1", "rl_op11-14", "OOD-edge", 1, "up", False),
+    ("RL on op7-10 raises ID pass@1", "rl_op7-10", "ID", 1, "up", False),
+)
 PUBLISHED = {  # strict pass@k on the released checkpoints (docs/experiments.md)
     "base": {"OOD-edge": {"1": 18.2, "128": 41.1}, "ID": {"1": 83.1}},
     "rl_op11-14": {"OOD-edge": {"1": 50.6, "128": 84.0}, "ID": {"1": 82.6}},

@@ -9,6 +9,15 @@ PUBLISHED = {  # pass@128 gain of RL (op11-14) over base: (op11-14, op15-20)
 }
 
 
+# The claims the report checks (fixed before any run; see experiments/e1.py): RL on op11-14 lifts
+# op11-14 pass@n over its own base at every hard share (core), and op15-20 pass@n (reported).
+FINDINGS = tuple(
+    (f"RL (op11-14) lifts op11-14 pass@n over its base ({m})", f"rl_{m}", "op11-14", "n", "up", True, f"pre_{m}")
+    for m in MIXES) + tuple(
+    (f"RL (op11-14) lifts op15-20 pass@n over its base ({m})", f"rl_{m}", "op15-20", "n", "up", False, f"pre_{m}")
+    for m in MIXES)
+
+
 def runs(scale):
     out = [grid.tokenizer(scale)]
     for m in MIXES:

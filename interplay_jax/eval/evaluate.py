@@ -32,6 +32,7 @@ from interplay_jax.task.tokenizer import Tokenizer
 from interplay_jax.task.verify import verify
 
 ERROR_FIELDS = ("dependency_mismatch", "missing_node", "value_mismatch", "answer_mismatch", "extra_nodes")
+MAX_TEXT_CHARS = 3000   # a stored example response is cut here
 
 
 # ----------------------------------------------------------------------------------------- scoring
@@ -40,9 +41,23 @@ ERROR_FIELDS = ("dependency_mismatch", "missing_node", "value_mismatch", "answer
 def score_sample(item: dict, text: str, length: int, stopped: bool) -> dict:
     v = verify(item["record"]["solution"], text)
     s = {"verified_correct": bool(v.verified_correct), "answer_correct": bool(v.answer_correct),
-         "process_acc": float(v.process_acc), "length": int(length), "stopped": bool(stopped)}
+         "process_acc": float(v.process_acc), "length": int(length), "stopped": bool(stopped),
+         "n_gold": int(v.n_gold), "n_pred": int(v.n_pred), "answer_parsed": v.pred_answer is not None}
     s.update({k: int(getattr(v, k)) for k in ERROR_FIELDS})
     return s
+
+
+def _record(it: dict, texts: list[str], lengths, stopped, keep: int) -> dict:
+    """One prompt's line of samples.jsonl; ``keep`` > 0 stores the gold and the first ``keep``
+    response texts (cut at MAX_TEXT_CHARS) for the report's examples."""
+    rec = {"op": it["op"], "context": it["context"], "mode": it["mode"], "id": it["id"],
+           "samples": [score_sample(it, t, L, s) for t, L, s in zip(texts, lengths, stopped)]}
+    if keep > 0 and texts:
+        r = it["record"]
+        rec["gold"] = {"problem": r["problem"], "question": r["question"], "solution": r["solution"]}
+        for s, t in zip(rec["samples"][:keep], texts):
+            s["text"] = t[:MAX_TEXT_CHARS]
+    return rec
 
 
 def _read_done(path: pathlib.Path) -> dict:
@@ -62,13 +77,15 @@ def evaluate_items(sampler: Sampler, params, tokenizer: Tokenizer, items: Sequen
                    max_new_tokens: int = 1024, temperature: float = 0.7, top_p: float = 1.0, top_k: int = 0,
                    batch_prompts: int = 8, max_prompt_len: int = 1024, key=None,
                    samples_path: str | pathlib.Path | None = None, responder=None, progress: bool = True,
-                   timing: dict | None = None) -> list[dict]:
+                   timing: dict | None = None, texts: dict | None = None) -> list[dict]:
     """Per-prompt results ``{op, context, mode, id, samples: [...]}`` in item order.
 
     ``responder(item, n) -> [text, ...]`` replaces the model (oracles in tests). Prompts longer than
     ``max_prompt_len`` tokens get ``samples: []`` and ``filtered: true`` (pass@k skips them).
-    ``timing`` (a dict) accumulates seconds under "sampling" and "verification".
+    ``timing`` (a dict) accumulates seconds under "sampling" and "verification". ``texts``
+    ({item id: count}) keeps the gold and that many response texts of those prompts (examples).
     """
+    texts = texts or {}
     key = jax.random.key(0) if key is None else key
     path = pathlib.Path(samples_path) if samples_path else None
     done = _read_done(path) if path else {}
@@ -91,12 +108,12 @@ def evaluate_items(sampler: Sampler, params, tokenizer: Tokenizer, items: Sequen
             if all(it["id"] in done for it in batch):
                 continue
             t0 = time.perf_counter()
-            texts: list[list[str]] = []
+            responses: list[list[str]] = []
             filtered = []
             if responder is not None:
-                texts = [list(responder(it, n)) for it in batch]
-                lengths = [[len(t) for t in ts] for ts in texts]
-                stopped = [[True] * len(ts) for ts in texts]
+                responses = [list(responder(it, n)) for it in batch]
+                lengths = [[len(t) for t in ts] for ts in responses]
+                stopped = [[True] * len(ts) for ts in responses]
                 filtered = [False] * len(batch)
             else:
                 prompts = [tokenizer.encode(formats.format_prompt(it["record"])) for it in batch]
@@ -105,7 +122,7 @@ def evaluate_items(sampler: Sampler, params, tokenizer: Tokenizer, items: Sequen
                 res = sampler.sample(params, [prompts[i] for i in keep], n=n, max_new_tokens=max_new_tokens,
                                      temperature=temperature, top_p=top_p, top_k=top_k,
                                      key=jax.random.fold_in(key, bi), stop_ids=tokenizer.stop_ids) if keep else None
-                texts, lengths, stopped = [[] for _ in batch], [[] for _ in batch], [[] for _ in batch]
+                responses, lengths, stopped = [[] for _ in batch], [[] for _ in batch], [[] for _ in batch]
                 if res is not None:
                     timing["generated_tokens"] += int(res.lengths.sum())
                     for r in range(len(res.lengths)):
@@ -114,15 +131,14 @@ def evaluate_items(sampler: Sampler, params, tokenizer: Tokenizer, items: Sequen
                         ids = res.tokens[r, :L].tolist()
                         if ids and ids[-1] == tokenizer.eos_id:
                             ids = ids[:-1]
-                        texts[i].append(tokenizer.decode(ids))
+                        responses[i].append(tokenizer.decode(ids))
                         lengths[i].append(L)
                         stopped[i].append(bool(res.done[r]))
             t1 = time.perf_counter()
             for i, it in enumerate(batch):
                 if it["id"] in done:
                     continue
-                rec = {"op": it["op"], "context": it["context"], "mode": it["mode"], "id": it["id"],
-                       "samples": [score_sample(it, t, L, s) for t, L, s in zip(texts[i], lengths[i], stopped[i])]}
+                rec = _record(it, responses[i], lengths[i], stopped[i], int(texts.get(it["id"], 0)))
                 if filtered[i]:
                     rec["filtered"] = True
                 timing["completions"] += len(rec["samples"])

@@ -22,13 +22,27 @@ results.json of ONE checkpoint (``summarize``; JSON turns the integer keys k and
       "process_acc": {bucket: mean ProcessAcc over samples},
       "error_types": {bucket: {error type: fraction of samples with >= 1 such error}},
       "gold_nll":    {op: mean gold-solution NLL (nats/token)},
-      "mean_length": {bucket: mean generated tokens}
+      "mean_length": {bucket: mean generated tokens},
+      "intervals":   {"method": str, "level": 0.95, "n_boot": int, "seed": int,   # (added in schema 1;
+                      "pass_at_k": {bucket: {"verified": {k: [lo, hi]}, "answer": {...}}},  # absent in
+                      "per_op": {op: {"verified": {k: [lo, hi]}, "answer": {...}}}},        # older files)
+      "error_analysis": {op: {"samples": int, "primary": {outcome: share}, "flags": {flag: share},
+                             "extra_steps": float | null, "mean_length": float}}   # eval/errors.py
     }
+
+Samples scored since the error analysis was added also carry ``n_gold``, ``n_pred`` (Define steps
+parsed) and ``answer_parsed``; a few prompts per op (the eval stage's ``example_prompts``) carry
+``gold`` ({problem, question, solution}) and their first samples a ``text`` (the response, cut at
+3,000 characters), which the report shows as examples. Intervals are 95% bootstrap percentile
+intervals over prompts, stratified by op (eval/bootstrap.py).
 
 The combined WORKDIR/results.json of an eval run is ``{"checkpoints": {name: <summary without
 "prompts">}, "order": [names], "deltas": {name: {bucket: {"verified": {k: v - base}, ...}}}}``
 (base = the first checkpoint) plus the first checkpoint's ``prompts`` and ``pass_at_k`` at the top
-level, so a one-checkpoint run has exactly the per-checkpoint schema's main fields there too.
+level, so a one-checkpoint run has exactly the per-checkpoint schema's main fields there too, and
+``"delta_intervals": {name: {bucket: {"n_prompts": P, "verified": {k: {"delta": d, "ci": [lo, hi]}},
+"answer": {...}}}}``: the same differences over the prompts both scored (matched by id) with paired
+bootstrap intervals (absent when the summaries carry no prompts).
 Pure Python + numpy + matplotlib (Agg).
 """
 from __future__ import annotations
@@ -40,7 +54,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from interplay_jax.eval import passk
+from interplay_jax.eval import bootstrap, errors, passk
 
 ERROR_TYPES = ("dependency_mismatch", "missing_node", "value_mismatch", "answer_mismatch")
 
@@ -59,8 +73,9 @@ def _strip(entry: dict) -> dict:
 
 
 def summarize(prompts: Sequence[dict], *, checkpoint: str = "", buckets=passk.DEFAULT_BUCKETS,
-              nll: Mapping[str, float] | None = None) -> dict:
-    """The results dict of one checkpoint (schema in the module docstring)."""
+              nll: Mapping[str, float] | None = None, n_boot: int = bootstrap.N_BOOT) -> dict:
+    """The results dict of one checkpoint (schema in the module docstring); ``n_boot=0`` leaves
+    the bootstrap intervals out."""
     buckets = {b: tuple(int(x) for x in r) for b, r in buckets.items()}
     prompts = [dict(p) for p in prompts]
     if nll:
@@ -95,7 +110,44 @@ def summarize(prompts: Sequence[dict], *, checkpoint: str = "", buckets=passk.DE
         "error_types": _error_types(scored, buckets),
         "gold_nll": {op: float(np.mean(v)) for op, v in sorted(gold.items())},
         "mean_length": _bucket_means(scored, buckets, lambda s: s.get("length", 0)),
+        **({"intervals": intervals(scored, buckets, ks, n_boot=n_boot)} if n_boot and ks else {}),
+        "error_analysis": errors.per_op(scored),
     }
+
+
+def intervals(scored, buckets, ks, *, n_boot: int = bootstrap.N_BOOT, seed: int = 0) -> dict:
+    """The ``intervals`` field: bootstrap intervals per bucket and per op."""
+    return {"method": "percentile bootstrap over prompts, stratified by op", "level": bootstrap.LEVEL,
+            "n_boot": int(n_boot), "seed": int(seed),
+            "pass_at_k": bootstrap.bucket_intervals(scored, buckets, ks, n_boot=n_boot, seed=seed),
+            "per_op": bootstrap.op_intervals(scored, ks, n_boot=n_boot, seed=seed)}
+
+
+def ensure_intervals(summary: dict) -> dict:
+    """``summary`` with ``intervals`` / ``error_analysis`` computed from its prompts when an older
+    results.json lacks them (unchanged when it has them or carries no prompts)."""
+    scored = [p for p in summary.get("prompts", []) if p.get("samples")]
+    if not scored:
+        return summary
+    out = dict(summary)
+    buckets = {b: tuple(r) for b, r in summary["buckets"].items()}
+    if "intervals" not in out and summary.get("ks"):
+        out["intervals"] = intervals(scored, buckets, summary["ks"])
+    if "error_analysis" not in out:
+        out["error_analysis"] = errors.per_op(scored)
+    return out
+
+
+def delta_intervals(summaries: Mapping[str, dict], n_boot: int = bootstrap.N_BOOT) -> dict:
+    """Paired differences vs the first checkpoint with bootstrap intervals (module docstring);
+    checkpoints without prompts are left out."""
+    order = list(summaries)
+    first = summaries[order[0]]
+    if not first.get("prompts"):
+        return {}
+    buckets = {b: tuple(r) for b, r in first["buckets"].items()}
+    return {name: bootstrap.paired_deltas(first["prompts"], summaries[name]["prompts"], buckets, n_boot=n_boot)
+            for name in order[1:] if summaries[name].get("prompts")}
 
 
 def _error_types(prompts, buckets) -> dict:
@@ -119,14 +171,18 @@ def deltas(base: dict, other: dict) -> dict:
     return out
 
 
-def combine(summaries: Mapping[str, dict]) -> dict:
-    """The combined results dict of several checkpoints (see module docstring)."""
+def combine(summaries: Mapping[str, dict], paired: Mapping | None = None) -> dict:
+    """The combined results dict of several checkpoints (see module docstring); ``paired``: the
+    output of :func:`delta_intervals` when already computed."""
     order = list(summaries)
     first = summaries[order[0]]
     out = {"schema": 1, "order": order,
            "checkpoints": {name: {k: v for k, v in s.items() if k != "prompts"} for name, s in summaries.items()},
            "deltas": {name: deltas(first, summaries[name]) for name in order[1:]},
-           "prompts": first["prompts"], "pass_at_k": first["pass_at_k"]}
+           "prompts": first.get("prompts", []), "pass_at_k": first["pass_at_k"]}
+    paired = delta_intervals(summaries) if paired is None else paired
+    if paired:
+        out["delta_intervals"] = dict(paired)
     return out
 
 
@@ -155,29 +211,57 @@ def _pct(v) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
 
 
-def markdown(summaries: Mapping[str, dict]) -> str:
-    """Markdown tables: pass@k per bucket, per op, per context, error types, deltas vs the first."""
+def _ci(v, ci) -> str:
+    """``45.2 [38.1, 52.0]`` (percent) or the bare value when there is no interval."""
+    if v is None:
+        return "-"
+    return _pct(v) if not ci else f"{100 * v:.1f} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
+def _signed(d: Mapping | None) -> str:
+    """A paired delta ``{"delta", "ci"}`` in points: ``+3.1 [-0.5, +6.8]``."""
+    if not d:
+        return "-"
+    lo, hi = d["ci"]
+    return f"{100 * d['delta']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+
+EXAMPLE_OPS = (2, 3, 10, 12)   # ops whose example responses the report shows (when stored)
+
+
+def markdown(summaries: Mapping[str, dict], paired: Mapping | None = None) -> str:
+    """Markdown tables: pass@k per bucket with 95% bootstrap intervals, per op, per context, error
+    types, the base's (first checkpoint's) per-op error analysis with examples, and the deltas vs
+    the first checkpoint with paired intervals."""
+    summaries = {name: ensure_intervals(s) for name, s in summaries.items()}
     order = list(summaries)
-    lines = ["# Evaluation (pass@k in %, strict = VerifiedCorrect)", ""]
+    paired = delta_intervals(summaries) if paired is None else paired
+    lines = ["# Evaluation (pass@k in %, strict = VerifiedCorrect; [95% bootstrap interval over prompts])", ""]
     ks = sorted({int(k) for s in summaries.values() for k in s["ks"]})
     lines += ["## pass@k per bucket (strict; answer-only at k = 1 and k = n)", "",
               "| checkpoint | bucket | prompts | " + " | ".join(f"pass@{k}" for k in ks) + " | answer@1 | answer@n |",
               "|---|---|---|" + "---|" * (len(ks) + 2)]
     for name in order:
         s = summaries[name]
+        iv = s.get("intervals", {}).get("pass_at_k", {})
         for b, e in s["pass_at_k"].items():
             ver, ans = e["verified"], e["answer"]
+            ci_v, ci_a = iv.get(b, {}).get("verified", {}), iv.get(b, {}).get("answer", {})
+            kn = max(ans)
             lines.append(f"| {name} | {b} | {s['n_prompts'].get(b, 0)} | "
-                         + " | ".join(_pct(ver.get(k)) for k in ks)
-                         + f" | {_pct(ans.get(1))} | {_pct(ans.get(max(ans)))} |")
+                         + " | ".join(_ci(ver.get(k), ci_v.get(k)) for k in ks)
+                         + f" | {_ci(ans.get(1), ci_a.get(1))} | {_ci(ans.get(kn), ci_a.get(kn))} |")
     lines += ["", "## per op (strict pass@1 / pass@n, answer pass@1, ProcessAcc, gold NLL nats/token)", "",
               "| checkpoint | op | prompts | pass@1 | pass@n | answer@1 | ProcessAcc | gold NLL |",
               "|---|---|---|---|---|---|---|---|"]
     for name in order:
+        iv = summaries[name].get("intervals", {}).get("per_op", {})
         for op, e in sorted(summaries[name]["per_op"].items()):
             ver = e["verified"]
+            ci = iv.get(op, {}).get("verified", {})
             nll = "-" if e.get("gold_nll") is None else f"{e['gold_nll']:.3f}"
-            lines.append(f"| {name} | {op} | {e['n_prompts']} | {_pct(ver.get(1))} | {_pct(ver.get(max(ver)))} | "
+            lines.append(f"| {name} | {op} | {e['n_prompts']} | {_ci(ver.get(1), ci.get(1))} | "
+                         f"{_ci(ver.get(max(ver)), ci.get(max(ver)))} | "
                          f"{_pct(e['answer'].get(1))} | {_pct(e['process_acc'])} | {nll} |")
     lines += ["", "## per context (strict pass@1 / pass@n)", "",
               "| checkpoint | context | bucket | prompts | pass@1 | pass@n |", "|---|---|---|---|---|---|"]
@@ -197,14 +281,33 @@ def markdown(summaries: Mapping[str, dict]) -> str:
                          + " | ".join(_pct(e.get(t)) for t in ERROR_TYPES) + " |")
     if len(order) > 1:
         base = summaries[order[0]]
-        lines += ["", f"## delta vs {order[0]} (points, strict)", "",
-                  "| checkpoint | bucket | Δpass@1 | Δpass@n | Δanswer@1 |", "|---|---|---|---|---|"]
+        lines += ["", f"## delta vs {order[0]} (points, strict unless named; [95% paired bootstrap interval])", "",
+                  "| checkpoint | bucket | prompts | Δpass@1 | Δpass@n | Δanswer@1 | Δanswer@n |",
+                  "|---|---|---|---|---|---|---|"]
         for name in order[1:]:
+            pd = paired.get(name, {})
             for b, e in deltas(base, summaries[name]).items():
                 ver, ans = e["verified"], e["answer"]
+                if b in pd:
+                    p = pd[b]
+                    kn = max(p["verified"])
+                    lines.append(f"| {name} | {b} | {p['n_prompts']} | {_signed(p['verified'].get(1))} | "
+                                 f"{_signed(p['verified'].get(kn))} | {_signed(p['answer'].get(1))} | "
+                                 f"{_signed(p['answer'].get(kn))} |")
+                    continue
                 kn = max(ver) if ver else None
                 f = lambda v: "-" if v is None else f"{100 * v:+.1f}"  # noqa: E731
-                lines.append(f"| {name} | {b} | {f(ver.get(1))} | {f(ver.get(kn))} | {f(ans.get(1))} |")
+                lines.append(f"| {name} | {b} | - | {f(ver.get(1))} | {f(ver.get(kn))} | {f(ans.get(1))} | "
+                             f"{f(ans.get(max(ans)) if ans else None)} |")
+    first = summaries[order[0]]
+    if first.get("error_analysis"):
+        lines += [""] + errors.markdown(first["error_analysis"], f"{order[0]}: error analysis per op")
+        cmp = errors.compare_ops(first["error_analysis"], first.get("per_op", {}), 2, 3)
+        if cmp:
+            lines += ["", cmp]
+        exs = errors.examples(first.get("prompts", []), ops=EXAMPLE_OPS, per_op=1, samples=2)
+        if exs:
+            lines += ["", f"### {order[0]}: example responses", ""] + errors.examples_markdown(exs)
     return "\n".join(lines) + "\n"
 
 
@@ -227,7 +330,8 @@ def _save(plt, fig, path) -> pathlib.Path:
 
 
 def plot_passk_curves(summaries: Mapping[str, dict], path) -> pathlib.Path:
-    """pass@k vs k (log2 axis) per bucket, one line per checkpoint (solid strict, dashed answer)."""
+    """pass@k vs k (log2 axis) per bucket, one line per checkpoint (solid strict with its 95%
+    bootstrap band, dashed answer)."""
     plt = _plt()
     buckets = list(dict.fromkeys(b for s in summaries.values() for b in s["pass_at_k"]))
     fig, axes = plt.subplots(1, max(len(buckets), 1), figsize=(4.2 * max(len(buckets), 1), 3.6), squeeze=False)
@@ -239,6 +343,10 @@ def plot_passk_curves(summaries: Mapping[str, dict], path) -> pathlib.Path:
             ver = s["pass_at_k"][b]["verified"]
             ks = sorted(int(k) for k in ver)
             ax.plot(ks, [100 * ver[k] for k in ks], "o-", color=color, label=name, ms=3)
+            ci = s.get("intervals", {}).get("pass_at_k", {}).get(b, {}).get("verified", {})
+            if all(k in ci for k in ks):      # 95% bootstrap interval of the strict curve
+                ax.fill_between(ks, [100 * ci[k][0] for k in ks], [100 * ci[k][1] for k in ks], color=color,
+                                alpha=0.12, lw=0)
             ans = s["pass_at_k"][b]["answer"]
             ax.plot(ks, [100 * ans[k] for k in ks], "--", color=color, alpha=0.5, lw=1)
         ax.set_xscale("log", base=2)
@@ -333,8 +441,10 @@ def write_report(out_dir, summaries: Mapping[str, dict]) -> dict:
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"results": out / "results.json", "markdown": out / "report.md"}
-    write_json(paths["results"], combine(summaries))
-    paths["markdown"].write_text(markdown(summaries))
+    summaries = {name: ensure_intervals(sm) for name, sm in summaries.items()}
+    paired = delta_intervals(summaries)
+    write_json(paths["results"], combine(summaries, paired))
+    paths["markdown"].write_text(markdown(summaries, paired))
     paths["passk_curves"] = plot_passk_curves(summaries, out / "passk_curves.png")
     paths["per_op"] = plot_per_op(summaries, out / "per_op.png")
     paths["error_types"] = plot_error_types(summaries, out / "error_types.png")

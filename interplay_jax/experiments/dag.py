@@ -118,14 +118,30 @@ def load_config(run: Run, root: pathlib.Path):
     spec = run.config + (f":{run.arg}" if run.arg else "")
     config = config_lib.load_config(spec, lock=False)
     for key, value in resolved_overrides(run, root).items():
+        add_model_field(config, key)
         config_lib.override(config, key, value, where=f"run {run.name!r}: ")
     config.lock()
     return config
+
+
+def add_model_field(config, key: str) -> None:
+    """Let ``model.<field>`` override any ModelConfig field (e.g. ``base.model.num_layers=12``) even
+    when the config's model block names only a preset: the missing field is added (as None) so
+    :func:`interplay_jax.config.override` can set it; the model validates the value."""
+    from interplay_jax.model.qwen2 import ModelConfig
+
+    head, _, field = key.partition(".")
+    if head != "model" or "." in field or "model" not in config or field in config.model:
+        return
+    if field in {f.name for f in dataclasses.fields(ModelConfig)}:
+        with config.unlocked():
+            config.model[field] = None
 
 
 def command(run: Run, root: pathlib.Path) -> str:
     """One shell command that runs ``run`` (for a cluster scheduler)."""
     cfg = f"configs/{run.config}" + (f":{run.arg}" if run.arg else "")
     parts = ["python", "-m", "interplay_jax.main", f"--config={cfg}"]
-    parts += [f"--config.{k}={v}" for k, v in resolved_overrides(run, root).items()]
+    parts += [f"--config.{k}={','.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
+              for k, v in resolved_overrides(run, root).items()]
     return " ".join(shlex.quote(p) for p in parts)

@@ -70,6 +70,9 @@ def main(argv=None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:      # SIGINT / SIGTERM: the stage saved its checkpoint
+        print(f"interrupted ({e or 'signal'}): rerun the same command to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 Each stage module has ``validate(config, check_files=True)`` (everything checkable before any
 compute; one ConfigError line) and ``run(config)``. ``pretrain`` and ``midtrain`` share one runner.
+``run_config`` turns on the persistent compilation cache first (``stages/compile_cache.py``).
 """
 from __future__ import annotations
 
@@ -25,6 +26,13 @@ def validate(config, check_files: bool = True) -> None:
 
 
 def run_config(config):
-    """Validate ``config`` and run its stage; returns whatever the stage returns."""
+    """Validate ``config``, turn on the persistent compilation cache and run the stage; returns
+    whatever the stage returns (a line after the stage says what the cache saved)."""
     validate(config)
-    return stage_module(config.stage).run(config)
+    from interplay_jax.stages import compile_cache     # imports JAX: not at package import
+    path = compile_cache.enable(config)
+    before = compile_cache.stats()
+    out = stage_module(config.stage).run(config)
+    if path and config.stage not in ("pipeline", "generate", "tokenizer"):
+        print(compile_cache.summary_line(path, before))
+    return out

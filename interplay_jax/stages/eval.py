@@ -33,6 +33,22 @@ def build_items(config) -> list[dict]:
                                     per_op=e.per_op, seed=config.seed, exclude_hashes=hashes_of_paths(e.exclude))
 
 
+EXAMPLE_PROMPTS, EXAMPLE_SAMPLES = 2, 2   # per op: prompts whose gold + first responses are stored
+
+
+def example_texts(config, items) -> dict:
+    """{item id: responses to store} for the first ``example_prompts`` prompts of each op (config
+    fields ``example_prompts`` / ``example_samples`` when a config carries them; 0 turns it off)."""
+    per_op = int(config.get("example_prompts", EXAMPLE_PROMPTS))
+    keep = int(config.get("example_samples", EXAMPLE_SAMPLES))
+    out, seen = {}, {}
+    for it in items:
+        seen[it["op"]] = seen.get(it["op"], 0) + 1
+        if seen[it["op"]] <= per_op and keep > 0:
+            out[it["id"]] = keep
+    return out
+
+
 def _names(config, paths) -> list[str]:
     names = parse_list(config.get("names", ""))
     if not names:
@@ -73,6 +89,7 @@ def _run(config, workdir: pathlib.Path) -> dict:
     (workdir / "eval_items.json").write_text(json.dumps(
         {"n_items": len(items), "ids": [it["id"] for it in items]}))
     summaries, timings = {}, {}
+    texts = example_texts(config, items)
     for ld in loaded:
         out = workdir / ld.name
         out.mkdir(exist_ok=True)
@@ -82,7 +99,7 @@ def _run(config, workdir: pathlib.Path) -> dict:
             sampler, ld.params, ld.tokenizer, items, n=s.n, max_new_tokens=s.max_new_tokens,
             temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, batch_prompts=s.batch_prompts,
             max_prompt_len=s.max_prompt_len, key=jax.random.key(config.seed),
-            samples_path=out / "samples.jsonl", progress=config.get("progress", True), timing=timing)
+            samples_path=out / "samples.jsonl", progress=config.get("progress", True), timing=timing, texts=texts)
         nll = None
         if config.get("gold_nll", True):
             nll_file = out / "gold_nll.json"

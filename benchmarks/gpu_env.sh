@@ -1,0 +1,35 @@
+# Sourced by the GPU scripts (benchmarks/gpu_e1_mini.sh, benchmarks/gpu_sweep_mini.sh).
+# A bare GPU machine has python3 (3.12) with jax[cuda] / flax / optax / orbax / tensorboard /
+# tokenizers / matplotlib but no network: every other dependency comes as a wheel in the git-ignored
+# .whl/ folder that travels with the repo (fetch them once, where there is network, with
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#     --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 -d .whl \
+#     grain==0.2.18 array_record==0.8.6 portpicker==1.6.0 ml_collections==1.1.0 \
+#     cloudpickle tqdm safetensors psutil PyYAML networkx absl-py etils
+# ) and only the modules that do not import are unpacked into $DEPS_DIR (a wheel is a zip file).
+# Sets PY, REPO, PYTHONPATH, INTERPLAY_CACHE (default /tmp/interplay_cache: the compile cache and
+# the default tokenizer) and PYTHONUNBUFFERED.
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PY=${PY:-python3}
+DEPS_DIR=${DEPS_DIR:-/tmp/interplay_deps}
+export PYTHONUNBUFFERED=1
+export INTERPLAY_CACHE=${INTERPLAY_CACHE:-/tmp/interplay_cache}
+export PYTHONPATH=$REPO:$DEPS_DIR${PYTHONPATH:+:$PYTHONPATH}
+_missing=()
+for _pair in grain:grain ml_collections:ml_collections array_record:array_record portpicker:portpicker \
+             cloudpickle:cloudpickle etils:etils psutil:psutil yaml:pyyaml networkx:networkx tqdm:tqdm \
+             safetensors:safetensors absl:absl_py; do
+  "$PY" -c "import ${_pair%%:*}" 2>/dev/null || _missing+=("${_pair##*:}")
+done
+if [ ${#_missing[@]} -gt 0 ]; then
+  _whls=()
+  for _pkg in "${_missing[@]}"; do
+    _f=$(ls "$REPO"/.whl/ 2>/dev/null | grep -i "^${_pkg}-" | head -1)
+    if [ -n "$_f" ]; then _whls+=("$REPO/.whl/$_f"); else echo "warning: $_pkg is missing and .whl/ has no wheel for it"; fi
+  done
+  echo "installing into $DEPS_DIR: ${_missing[*]}"
+  mkdir -p "$DEPS_DIR"
+  for _w in "${_whls[@]}"; do "$PY" -m zipfile -e "$_w" "$DEPS_DIR"; done   # a wheel is a zip: no pip needed
+fi
+"$PY" -c "import grain, ml_collections, jax, flax, optax, orbax.checkpoint, tokenizers, matplotlib, tensorboard, networkx" \
+  || { echo "error: python dependencies are missing (see benchmarks/gpu_env.sh)"; exit 3; }
