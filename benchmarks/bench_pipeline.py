@@ -36,7 +36,7 @@ def stage_config(args, **fields):
 
 def rate(config, seconds: float) -> float:
     tok, info = load_tokenizer(config)
-    it = iter(build_train_data(config, tok, info, mixture_of(config), set(), steps=10**6))
+    it = iter(build_train_data(config, tok, info, mixture_of(config), set(), steps=1))
     next(it)                                          # workers started, first buffer packed
     tokens, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
@@ -66,7 +66,8 @@ def main():
             from interplay_jax.stages import run_config
             g = load_config("generate.py:base,tokens", lock=False)
             g.update(dict(workdir=str(pathlib.Path(tmp) / "data"), tokenizer=args.tokenizer, progress=False,
-                          train_tokens=int(args.shard_tokens), workers=max(int(w) for w in args.workers.split(","))))
+                          train_tokens=int(args.shard_tokens), workers=max(int(w) for w in args.workers.split(",")),
+                          shard_docs=4096))
             g.splits = {"heldout": 16, "train": 0}
             t0 = time.perf_counter()
             run_config(g)

@@ -86,7 +86,7 @@ def main():
         if a.source == "tokens":
             g = load_config("generate.py:base,tokens", lock=False)
             g.update(dict(workdir=str(pathlib.Path(tmp) / "data"), tokenizer=c.tokenizer, progress=False,
-                          train_tokens=int(a.batch * a.seq * a.steps * 0.7), workers=a.workers))
+                          train_tokens=int(a.batch * a.seq * a.steps * 0.7), workers=a.workers, shard_docs=4096))
             g.splits = {"heldout": 16, "train": 0}
             run_config(g)
             c.data.data_dir = str(pathlib.Path(tmp) / "data")

@@ -1,39 +1,60 @@
 #!/usr/bin/env bash
-# One-shot GPU check for a lent H100/H200 (the device tool), sized for a few minutes of device time:
-# (1) cuDNN flash attention agrees with the portable einsum attention (logits, bf16), at head dim 32
-#     (tiny) and 72 (release45m's 8 / 4 heads of 72, 2 layers);
-# (2) train MFU of paper100m and release45m at seq 2048 bf16 (attention "auto" = cuDNN causal), one
-#     line each;
-# (3) release45m with XLA (non-cuDNN) attention compiles and runs (short);
-# (4) rollout throughput vs HF transformers generate on the GPU.
-# Runs under the machine's own python3 (jax[cuda] preinstalled); no package of ours needs installing.
+# One GPU check that prints every figure the speed issues ask for, sized for ~6 minutes of an H200
+# (the device tool; carry [".whl", "runs"]: the wheels the machine lacks and the tokenizers):
+#  1. cuDNN flash attention agrees with the einsum path at head dim 72 (release45m, 2 layers, bf16);
+#  2. train-step MFU of paper100m and release45m (bf16, seq 2048, batch 32, synthetic batches);
+#  3. the pre-training STAGE vs its bare step at the same shapes (input-bound?): paper100m with the
+#     paper preset's 256 x 2048 batch (per-device 32: 8 micro-steps) and the small model at 32 x 1024,
+#     both with 12 data worker processes (benchmarks/bench_stage.py);
+#  4. input pipeline alone, wall clock: the generator on the fly with 0 and 14 workers, and token
+#     shards from one process (benchmarks/bench_pipeline.py);
+#  5. GRPO at the paper's shapes: rollouts (256 prompts x 6, prompt 1024, <= 1024 new tokens, responses
+#     of ~550 tokens on average, decode chunks of 256 with finished rows dropped), the reference
+#     forward and the update (512 rollouts x 2048 tokens, micro-batches of 64), and the estimated
+#     time of one paper step (benchmarks/rl_paper_scale_check.py).
+# Each step has its own time limit; a failing step does not stop the others. CPU smoke run (tiny
+# shapes, the same code paths): SMOKE=1 PY=.venv/bin/python bash benchmarks/gpu_check.sh
 set -u
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 - <<'PY'
-import jax, jax.numpy as jnp, numpy as np, flax
+cd "$(dirname "$0")/.."
+source benchmarks/gpu_env.sh
+TOK=${TOK:-$REPO/runs/gpu_seed/reference_tokenizer.json}     # the original release's tokenizer
+S=${SMOKE:-0}
+run() { local limit=$1; shift; echo "== $*" | cut -c1-200; timeout "$limit" "$@" 2>&1 | grep -v -iE "warning|^\s*$|tqdm"; echo "   (exit ${PIPESTATUS[0]})"; }
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+"$PY" - <<'PY'
+import jax, flax, numpy as np, jax.numpy as jnp, orbax.checkpoint, grain
 from flax import nnx
 from interplay_jax.model.qwen2 import Qwen2, model_config
-print("jax", jax.__version__, "flax", flax.__version__, jax.devices())
+print("jax", jax.__version__, "flax", flax.__version__, "orbax", orbax.checkpoint.__version__, "grain",
+      getattr(grain, "__version__", "?"), jax.devices())
 tok = jnp.asarray(np.random.default_rng(0).integers(10, 2200, (4, 512)), jnp.int32)
-for preset, extra in (("tiny", {}), ("release45m", {"num_layers": 2})):
-    out = {}
-    for impl in ("einsum", "cudnn"):
-        cfg = model_config(preset, dtype="bfloat16", attention=impl, **extra)
-        m = Qwen2(cfg, rngs=nnx.Rngs(0))
-        out[impl] = np.asarray(jax.jit(lambda t, m=m: m(t))(tok))
-    d = np.abs(out["einsum"] - out["cudnn"]).max()
-    print(f"cudnn vs einsum logits (bf16, {preset}, head dim {cfg.head_dim}, T=512): max|diff| = {d:.4f}; "
-          f"argmax agreement {(out['einsum'].argmax(-1) == out['cudnn'].argmax(-1)).mean():.4f}")
-    assert d < 0.1, (preset, d)
+out = {}
+for impl in ("einsum", "auto"):
+    cfg = model_config("release45m", dtype="bfloat16", attention=impl, num_layers=2)
+    m = Qwen2(cfg, rngs=nnx.Rngs(0))
+    out[impl] = np.asarray(jax.jit(lambda t, m=m: m(t))(tok))
+d = np.abs(out["einsum"] - out["auto"]).max()
+print(f"1. auto (cuDNN on GPU) vs einsum logits, bf16, head dim 72, T=512: max|diff| {d:.4f}, argmax agreement "
+      f"{(out['einsum'].argmax(-1) == out['auto'].argmax(-1)).mean():.4f}")
 PY
-echo "== train MFU, paper100m and release45m, seq 2048, bf16"
-timeout 200 python3 benchmarks/bench_mfu.py --preset paper100m,release45m --seq 2048 --batch 32 --dtype bfloat16 \
-  --steps 10 --attention ${ATTN:-auto} 2>&1 | grep -v -i warning
-echo "== release45m with XLA attention (the masked / document-mask path): compiles at hidden 576?"
-# ahead of time for a virtual H200, jax 0.10.2's compiler failed here with Triton GEMM on ("Couldn't
-# find output tile sizes" for a bf16 [32768,576] dot) and compiled with --xla_gpu_enable_triton_gemm=false
-timeout 90 python3 benchmarks/bench_mfu.py --preset release45m --seq 2048 --batch 8 --dtype bfloat16 --steps 3 \
-  --attention jax 2>&1 | grep -v -i warning
-echo "== rollout throughput (tiny, vs HF generate on the same GPU)"
-timeout 90 python3 benchmarks/bench_rollout.py --batch 64 --prompt_len 128 --new_tokens 256 --repeats 1 2>&1 | tail -6
+if [ "$S" = 1 ]; then
+  run 300 "$PY" benchmarks/bench_mfu.py --preset micro,tiny --seq 256 --batch 4 --dtype float32 --steps 2
+  run 600 "$PY" benchmarks/bench_stage.py --preset micro --seq 512 --batch 8 --steps 8 --log-every 4 --workers 2 --tokenizer "$TOK"
+  run 600 "$PY" benchmarks/bench_pipeline.py --workers 0,2 --seconds 2 --repeats 1 --batch 4 --shard-tokens 2e5 --tokenizer "$TOK"
+  run 600 "$PY" benchmarks/rl_paper_scale_check.py --preset micro --prompts 4 --n 2 --prompt-len 32 --new-tokens 32 \
+    --rows 8 --micro 2 --minibatches 2 --decode-chunk 8 --stop-tokens 200
+  exit 0
+fi
+echo "2. train-step MFU, synthetic batches (bf16, seq 2048, batch 32)"
+run 150 "$PY" benchmarks/bench_mfu.py --preset paper100m,release45m --seq 2048 --batch 32 --dtype bfloat16 --steps 6
+echo "3. the pre-training stage vs its own step on synthetic batches"
+run 150 "$PY" benchmarks/bench_stage.py --preset paper100m --dtype bfloat16 --seq 2048 --batch 256 --per-device 32 \
+  --steps 16 --log-every 8 --workers 12 --tokenizer "$TOK"
+run 75 "$PY" benchmarks/bench_stage.py --preset small --dtype bfloat16 --seq 1024 --batch 32 --steps 150 --log-every 50 \
+  --workers 12 --tokenizer "$TOK"
+echo "4. input pipeline alone (wall clock)"
+run 60 "$PY" benchmarks/bench_pipeline.py --workers 0,14 --seconds 6 --repeats 1 --batch 32 --shard-tokens 3e7 \
+  --tokenizer "$TOK"
+echo "5. GRPO at the paper's shapes (paper100m, bf16)"
+run 170 "$PY" benchmarks/rl_paper_scale_check.py --preset paper100m --prompts 256 --n 6 --prompt-len 1024 \
+  --new-tokens 1024 --rows 512 --micro 64 --minibatches 4 --decode-chunk 256 --stop-tokens 4

@@ -31,5 +31,10 @@ if [ ${#_missing[@]} -gt 0 ]; then
   mkdir -p "$DEPS_DIR"
   for _w in "${_whls[@]}"; do "$PY" -m zipfile -e "$_w" "$DEPS_DIR"; done   # a wheel is a zip: no pip needed
 fi
+# checkpoint.py uses orbax 0.12.8 (its finalization hook): unpack the carried wheel if another is installed
+if ! "$PY" -c "import orbax.checkpoint as o, sys; sys.exit(o.__version__ != '0.12.8')" 2>/dev/null; then
+  _w=$(ls "$REPO"/.whl/orbax_checkpoint-0.12.8-*.whl 2>/dev/null | head -1)
+  if [ -n "$_w" ]; then mkdir -p "$DEPS_DIR"; "$PY" -m zipfile -e "$_w" "$DEPS_DIR"; echo "orbax-checkpoint 0.12.8 from $_w"; fi
+fi
 "$PY" -c "import grain, ml_collections, jax, flax, optax, orbax.checkpoint, tokenizers, matplotlib, tensorboard, networkx" \
   || { echo "error: python dependencies are missing (see benchmarks/gpu_env.sh)"; exit 3; }

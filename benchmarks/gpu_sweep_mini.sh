@@ -26,7 +26,7 @@ mkdir -p "$OUT"
 TOK=${TOKENIZER:-$REPO/runs/e1_seed/E1_mini/tokenizer/tokenizer.json}
 [ -f "$TOK" ] || TOK=""
 SETS=()
-for kv in ${DATA_SET-data.num_threads=2}; do SETS+=(--set "$kv"); done
+for kv in ${DATA_SET-data.workers=2 data.num_threads=1}; do SETS+=(--set "$kv"); done
 BUDGET=(--minutes "${MINUTES:-3}")
 [ -n "${TOKENS:-}" ] && BUDGET=(--tokens "$TOKENS")
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader

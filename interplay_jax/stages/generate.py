@@ -63,7 +63,10 @@ def write_train_tokens(config, mixture, root: pathlib.Path, exclude: set[str]) -
     k = writer.next_shard
     with _pool(workers) as pool:
         while writer.tokens < budget:
-            ahead = [k + i for i in range(max(workers, 1))]
+            shards = writer.manifest["shards"]
+            per = sum(x["tokens"] for x in shards) / len(shards) if shards else 0   # tokens a shard, so far
+            need = -(-(budget - writer.tokens) // int(per)) if per else max(workers, 1)
+            ahead = [k + i for i in range(max(1, min(max(workers, 1), need)))]
             for shard in (pool or builtins).map(job, ahead):
                 if writer.tokens >= budget:
                     break
