@@ -46,15 +46,15 @@ if [ "$S" = 1 ]; then
   exit 0
 fi
 echo "2. train-step MFU, synthetic batches (bf16, seq 2048, batch 32)"
-run 150 "$PY" benchmarks/bench_mfu.py --preset paper100m,release45m --seq 2048 --batch 32 --dtype bfloat16 --steps 6
+run 130 "$PY" benchmarks/bench_mfu.py --preset paper100m,release45m --seq 2048 --batch 32 --dtype bfloat16 --steps 6
 echo "3. the pre-training stage vs its own step on synthetic batches"
-run 150 "$PY" benchmarks/bench_stage.py --preset paper100m --dtype bfloat16 --seq 2048 --batch 256 --per-device 32 \
+run 140 "$PY" benchmarks/bench_stage.py --preset paper100m --dtype bfloat16 --seq 2048 --batch 256 --per-device 32 \
   --steps 16 --log-every 8 --workers 12 --tokenizer "$TOK"
-run 75 "$PY" benchmarks/bench_stage.py --preset small --dtype bfloat16 --seq 1024 --batch 32 --steps 150 --log-every 50 \
+run 70 "$PY" benchmarks/bench_stage.py --preset small --dtype bfloat16 --seq 1024 --batch 32 --steps 150 --log-every 50 \
   --workers 12 --tokenizer "$TOK"
 echo "4. input pipeline alone (wall clock)"
-run 60 "$PY" benchmarks/bench_pipeline.py --workers 0,14 --seconds 6 --repeats 1 --batch 32 --shard-tokens 3e7 \
+run 55 "$PY" benchmarks/bench_pipeline.py --workers 0,14 --seconds 6 --repeats 1 --batch 32 --shard-tokens 3e7 \
   --tokenizer "$TOK"
 echo "5. GRPO at the paper's shapes (paper100m, bf16)"
-run 170 "$PY" benchmarks/rl_paper_scale_check.py --preset paper100m --prompts 256 --n 6 --prompt-len 1024 \
+run 160 "$PY" benchmarks/rl_paper_scale_check.py --preset paper100m --prompts 256 --n 6 --prompt-len 1024 \
   --new-tokens 1024 --rows 512 --micro 64 --minibatches 4 --decode-chunk 256 --stop-tokens 4
