@@ -12,13 +12,15 @@
 #     of ~550 tokens on average, decode chunks of 256 with finished rows dropped), the reference
 #     forward and the update (512 rollouts x 2048 tokens, micro-batches of 64), and the estimated
 #     time of one paper step (benchmarks/rl_paper_scale_check.py).
-# Each step has its own time limit; a failing step does not stop the others. CPU smoke run (tiny
-# shapes, the same code paths): SMOKE=1 PY=.venv/bin/python bash benchmarks/gpu_check.sh
+# Each step has its own time limit; a failing step does not stop the others. STEPS="3 5" runs only
+# those steps (default all). CPU smoke run (tiny shapes, the same code paths):
+# SMOKE=1 PY=.venv/bin/python bash benchmarks/gpu_check.sh
 set -u
 cd "$(dirname "$0")/.."
 source benchmarks/gpu_env.sh
 TOK=${TOK:-$REPO/runs/gpu_seed/reference_tokenizer.json}     # the original release's tokenizer
 S=${SMOKE:-0}
+want() { [ -z "${STEPS:-}" ] || [[ " $STEPS " == *" $1 "* ]]; }
 run() { local limit=$1; shift; echo "== $*" | cut -c1-200; timeout "$limit" "$@" 2>&1 | grep -v -iE "warning|^\s*$|tqdm"; echo "   (exit ${PIPESTATUS[0]})"; }
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 "$PY" - <<'PY'
@@ -45,16 +47,22 @@ if [ "$S" = 1 ]; then
     --rows 8 --micro 2 --minibatches 2 --decode-chunk 8 --stop-tokens 200
   exit 0
 fi
-echo "2. train-step MFU, synthetic batches (bf16, seq 2048, batch 32)"
-run 130 "$PY" benchmarks/bench_mfu.py --preset paper100m,release45m --seq 2048 --batch 32 --dtype bfloat16 --steps 6
-echo "3. the pre-training stage vs its own step on synthetic batches"
-run 140 "$PY" benchmarks/bench_stage.py --preset paper100m --dtype bfloat16 --seq 2048 --batch 256 --per-device 32 \
-  --steps 16 --log-every 8 --workers 12 --tokenizer "$TOK"
-run 70 "$PY" benchmarks/bench_stage.py --preset small --dtype bfloat16 --seq 1024 --batch 32 --steps 150 --log-every 50 \
+want 2 && echo "2. train-step MFU, synthetic batches (bf16, seq 2048, batch 32)"
+want 2 && run 130 "$PY" benchmarks/bench_mfu.py --preset paper100m,release45m --seq 2048 --batch 32 --dtype bfloat16 --steps 6
+want 3 && echo "3. the pre-training stage vs its own step on synthetic batches"
+want 3s && echo "3s. the same for the small model"
+want 3 && run 170 "$PY" benchmarks/bench_stage.py --preset paper100m --dtype bfloat16 --seq 2048 --batch 256 --per-device 32 \
+  --steps 40 --log-every 10 --workers 12 --tokenizer "$TOK"
+want 3s && run 70 "$PY" benchmarks/bench_stage.py --preset small --dtype bfloat16 --seq 1024 --batch 32 --steps 150 --log-every 50 \
   --workers 12 --tokenizer "$TOK"
-echo "4. input pipeline alone (wall clock)"
-run 55 "$PY" benchmarks/bench_pipeline.py --workers 0,14 --seconds 6 --repeats 1 --batch 32 --shard-tokens 3e7 \
+want 4 && echo "4. input pipeline alone (wall clock)"
+want 4 && run 55 "$PY" benchmarks/bench_pipeline.py --workers 0,14 --seconds 6 --repeats 1 --batch 32 --shard-tokens 3e7 \
   --tokenizer "$TOK"
-echo "5. GRPO at the paper's shapes (paper100m, bf16)"
-run 160 "$PY" benchmarks/rl_paper_scale_check.py --preset paper100m --prompts 256 --n 6 --prompt-len 1024 \
+want 5 && echo "5. GRPO at the paper's shapes (paper100m, bf16)"
+want 5 && run 160 "$PY" benchmarks/rl_paper_scale_check.py --preset paper100m --prompts 256 --n 6 --prompt-len 1024 \
   --new-tokens 1024 --rows 512 --micro 64 --minibatches 4 --decode-chunk 256 --stop-tokens 4
+want 6 && echo "6. rollouts: chunks reading every slot, and one chunk without compaction (step 5 reads only written slots)"
+want 6 && run 80 "$PY" benchmarks/rl_paper_scale_check.py --preset paper100m --prompts 256 --n 6 --prompt-len 1024 \
+  --new-tokens 1024 --decode-chunk 256 --bounded 0 --stop-tokens 4 --rollouts-only
+want 6 && run 80 "$PY" benchmarks/rl_paper_scale_check.py --preset paper100m --prompts 256 --n 6 --prompt-len 1024 \
+  --new-tokens 1024 --decode-chunk 0 --stop-tokens 4 --rollouts-only

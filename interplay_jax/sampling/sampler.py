@@ -173,12 +173,16 @@ class Sampler:
     several checkpoints compiles once). ``compile_count`` counts the compilations this sampler caused.
 
     ``decode_chunk``: decode steps per chunk (0: all in one chunk, no compaction); ``min_rows``: the
-    smallest batch compaction shrinks to.
+    smallest batch compaction shrinks to; ``bounded_attention``: chunk c reads only the first
+    L + (c+1)·chunk slots (default: on CPU only).
     """
 
     def __init__(self, graphdef, cfg, *, pad_id: int = 1, prompt_buckets: Sequence[int] = DEFAULT_BUCKETS,
-                 cache_dtype=None, decode_chunk: int = 0, min_rows: int = 8):
+                 cache_dtype=None, decode_chunk: int = 0, min_rows: int = 8, bounded_attention: bool | None = None):
         self.graphdef, self.cfg = graphdef, cfg
+        # reading only the written slots pays on CPU; on an accelerator the static slice of the cache
+        # may cost a copy per step, so there a chunk reads every slot (and still drops finished rows)
+        self.bounded_attention = (jax.default_backend() == "cpu") if bounded_attention is None else bounded_attention
         self.pad_id = int(pad_id)
         self.prompt_buckets = tuple(sorted(prompt_buckets))
         self.decode_chunk, self.min_rows = int(decode_chunk), int(min_rows)
@@ -238,7 +242,7 @@ class Sampler:
         out_lps = np.zeros((b, r_max), np.float32)
         out_done, out_lengths = np.zeros(b, bool), np.zeros(b, np.int32)
         for c in range(math.ceil(r_max / chunk)):
-            attend = length + min((c + 1) * chunk, r_max)
+            attend = length + (min((c + 1) * chunk, r_max) if self.bounded_attention else r_max)
             batch_rows = int(state.done_B.shape[0])
             state = self._call("decode", dict(attend_len=attend, **settings), params, state, key)
             steps_run = int(state.step) - c * chunk
