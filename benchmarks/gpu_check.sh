@@ -61,8 +61,6 @@ want 4 && run 55 "$PY" benchmarks/bench_pipeline.py --workers 0,14 --seconds 6 -
 want 5 && echo "5. GRPO at the paper's shapes (paper100m, bf16)"
 want 5 && run 160 "$PY" benchmarks/rl_paper_scale_check.py --preset paper100m --prompts 256 --n 6 --prompt-len 1024 \
   --new-tokens 1024 --rows 512 --micro 64 --minibatches 4 --decode-chunk 256 --stop-tokens 4
-want 6 && echo "6. rollouts: chunks reading every slot, and one chunk without compaction (step 5 reads only written slots)"
-want 6 && run 80 "$PY" benchmarks/rl_paper_scale_check.py --preset paper100m --prompts 256 --n 6 --prompt-len 1024 \
-  --new-tokens 1024 --decode-chunk 256 --bounded 0 --stop-tokens 4 --rollouts-only
+want 6 && echo "6. rollouts: one chunk without compaction (step 5 compacts every 256 steps)"
 want 6 && run 80 "$PY" benchmarks/rl_paper_scale_check.py --preset paper100m --prompts 256 --n 6 --prompt-len 1024 \
   --new-tokens 1024 --decode-chunk 0 --stop-tokens 4 --rollouts-only

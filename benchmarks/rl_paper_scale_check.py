@@ -51,7 +51,6 @@ def main():
     ap.add_argument("--skip-rollout", action="store_true")
     ap.add_argument("--stop-tokens", type=int, default=4)
     ap.add_argument("--decode-chunk", type=int, default=128)
-    ap.add_argument("--bounded", type=int, default=-1, help="1/0: chunks read only written slots (-1: the default)")
     ap.add_argument("--rollouts-only", action="store_true")
     args = ap.parse_args()
 
@@ -64,8 +63,7 @@ def main():
 
     rollout_tps, mean_len = None, args.new_tokens
     if not args.skip_rollout:
-        sampler = Sampler(graphdef, cfg, pad_id=1, decode_chunk=args.decode_chunk,
-                          bounded_attention=None if args.bounded < 0 else bool(args.bounded))
+        sampler = Sampler(graphdef, cfg, pad_id=1, decode_chunk=args.decode_chunk)
         prompts = [list(rng.integers(10, vocab, size=args.prompt_len)) for _ in range(args.prompts)]
         stop = tuple(range(10, 10 + args.stop_tokens))
         kw = dict(n=args.n, max_new_tokens=args.new_tokens, temperature=1.0, stop_ids=stop, key=jax.random.key(0))
@@ -83,7 +81,7 @@ def main():
               f"<= {args.new_tokens} new tokens (mean {mean_len:.0f}, {100 * res.done.mean():.0f}% stopped), decode "
               f"chunk {args.decode_chunk}: {dt:.2f} s ({t_first:.1f} s with {sampler.compile_count} compilations), "
               f"{rollout_tps:,.0f} generated tokens/s; finished rows dropped: {100 * saved:.0f}% of decode row-steps "
-              f"saved; bounded attention {sampler.bounded_attention}; peak {peak_gib():.1f} GiB")
+              f"saved; peak {peak_gib():.1f} GiB")
     if args.rollouts_only:
         return
 

@@ -218,3 +218,24 @@ def test_causal_chunked_attention_matches_full():
     causal = jnp.broadcast_to(jnp.tril(jnp.ones((t, t), bool)), (2, t, t))
     np.testing.assert_allclose(np.asarray(qwen2.attention(q, k, v, "einsum")),
                                np.asarray(qwen2._einsum_attention(q, k, v, causal)), atol=2e-6)
+
+
+@pytest.mark.parametrize("n_slots", [1, 63, 64, 100, 128])
+def test_blocked_decode_attention_matches_one_masked_pass(n_slots):
+    """Decode by blocks of written slots (online softmax) equals one masked pass over the cache,
+    with invalid (pad) slots inside the written range and garbage beyond it."""
+    from interplay_jax.model.qwen2 import blocked_decode_attention, cached_attention
+    rng = np.random.default_rng(n_slots)
+    b, h, kv, s, dh = 3, 4, 2, 128, 8
+    q = jnp.asarray(rng.normal(size=(b, 1, h, dh)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(b, kv, s, dh)) * 3, jnp.float32)
+    v = jnp.asarray(rng.normal(size=(b, kv, s, dh)), jnp.float32)
+    valid = rng.random((b, s)) > 0.3
+    valid[:, 0] = True
+    valid[1, : min(n_slots, 70)] = False           # a row whose first blocks are all padding
+    valid[1, n_slots - 1] = True
+    valid = jnp.asarray(valid)
+    got = blocked_decode_attention(q, k, v, valid, jnp.int32(n_slots))
+    mask = (valid & (jnp.arange(s) < n_slots)[None])[:, None, :]
+    want = cached_attention(q, k, v, mask)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=1e-5)

@@ -107,7 +107,7 @@ def sampler_bytes(sampler, abstract_params, *, prompts: int, prompt_len: int, n:
     state = jax.eval_shape(prefill, *args)
     if sharding is not None:
         state = jax.tree.map(lambda s: _abstract(s.shape, s.dtype, sharding), state)
-    decode, _ = sampler._jit("decode", attend_len=length + max_new_tokens, max_new_tokens=int(max_new_tokens),
+    decode, _ = sampler._jit("decode", max_new_tokens=int(max_new_tokens),
                              temperature=1.0, top_k=0, top_p=1.0, stop_ids=tuple(stop_ids), pad_id=sampler.pad_id)
     key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=sharding)   # a raw PRNGKey, as the RL stage passes
     d_bytes = program_bytes(decode.lower(abstract_params, state, key).compile())

@@ -7,11 +7,11 @@ Used by RL (GRPO rollouts) and evaluation (n samples per prompt).
   prefilled with plain causal attention (flash attention on GPU: padding only follows the real
   tokens); the number of prompts is padded to a power of two (padding rows start ``done``). Each
   prompt is tiled ``n`` times; row ``r`` of the result belongs to prompt ``r // n``.
-* Decoding runs in chunks of ``decode_chunk`` steps (0: one chunk of ``max_new_tokens``): chunk c
-  attends over the first L + (c+1)·chunk cache slots only (the ones written so far), and between
+* Decoding runs in chunks of ``decode_chunk`` steps (0: one chunk of ``max_new_tokens``); between
   chunks the rows still running are gathered into the smallest power-of-two batch that holds them
-  (at least ``min_rows``), so finished rows stop costing compute. Each (rows, slots) shape compiles
-  once per run.
+  (at least ``min_rows``), so finished rows stop costing compute. Each batch size compiles once per
+  run. On CPU each step reads only the cache slots written so far (the model's blocked decode
+  attention).
 * Sampling: temperature, top-k, top-p (nucleus), or greedy (``temperature=0``); one uniform number
   per row and step by inverse CDF, keyed by ``fold_in(fold_in(key, step), row)``: a row's samples do
   not depend on which other rows share its batch (so chunking and compaction do not change them).
@@ -124,10 +124,9 @@ def _prefill(graphdef, cache_dtype, on_trace, params, tokens_PxL, lengths_P, don
                        lengths_B=jnp.zeros((b,), jnp.int32))
 
 
-def _decode_chunk(graphdef, on_trace, params, state: DecodeState, key, *, attend_len, max_new_tokens, temperature,
-                  top_k, top_p, stop_ids, pad_id):
-    """Up to C decode steps (fewer when every row is done or ``max_new_tokens`` is reached), attending
-    over the first ``attend_len`` cache slots."""
+def _decode_chunk(graphdef, on_trace, params, state: DecodeState, key, *, max_new_tokens, temperature, top_k, top_p,
+                  stop_ids, pad_id):
+    """Up to C decode steps (fewer when every row is done or ``max_new_tokens`` is reached)."""
     on_trace()
     model = nnx.merge(graphdef, params)
     stop_S = jnp.asarray(stop_ids, jnp.int32)
@@ -142,7 +141,7 @@ def _decode_chunk(graphdef, on_trace, params, state: DecodeState, key, *, attend
         lp_B = token_logprobs(s.logits_BxV[:, None], tok_B[:, None])[:, 0]
         tok_B = jnp.where(s.done_B, pad_id, tok_B)
         lp_B = jnp.where(s.done_B, 0.0, lp_B)
-        logits_Bx1xV, cache = model.with_cache(tok_B[:, None], s.cache, attend_len=attend_len)
+        logits_Bx1xV, cache = model.with_cache(tok_B[:, None], s.cache)
         col = s.step - start
         return s.replace(
             step=s.step + 1, logits_BxV=logits_Bx1xV[:, -1], cache=cache,
@@ -173,16 +172,12 @@ class Sampler:
     several checkpoints compiles once). ``compile_count`` counts the compilations this sampler caused.
 
     ``decode_chunk``: decode steps per chunk (0: all in one chunk, no compaction); ``min_rows``: the
-    smallest batch compaction shrinks to; ``bounded_attention``: chunk c reads only the first
-    L + (c+1)·chunk slots (default: on CPU only).
+    smallest batch compaction shrinks to.
     """
 
     def __init__(self, graphdef, cfg, *, pad_id: int = 1, prompt_buckets: Sequence[int] = DEFAULT_BUCKETS,
-                 cache_dtype=None, decode_chunk: int = 0, min_rows: int = 8, bounded_attention: bool | None = None):
+                 cache_dtype=None, decode_chunk: int = 0, min_rows: int = 8):
         self.graphdef, self.cfg = graphdef, cfg
-        # reading only the written slots pays on CPU; on an accelerator the static slice of the cache
-        # may cost a copy per step, so there a chunk reads every slot (and still drops finished rows)
-        self.bounded_attention = (jax.default_backend() == "cpu") if bounded_attention is None else bounded_attention
         self.pad_id = int(pad_id)
         self.prompt_buckets = tuple(sorted(prompt_buckets))
         self.decode_chunk, self.min_rows = int(decode_chunk), int(min_rows)
@@ -242,9 +237,8 @@ class Sampler:
         out_lps = np.zeros((b, r_max), np.float32)
         out_done, out_lengths = np.zeros(b, bool), np.zeros(b, np.int32)
         for c in range(math.ceil(r_max / chunk)):
-            attend = length + (min((c + 1) * chunk, r_max) if self.bounded_attention else r_max)
             batch_rows = int(state.done_B.shape[0])
-            state = self._call("decode", dict(attend_len=attend, **settings), params, state, key)
+            state = self._call("decode", settings, params, state, key)
             steps_run = int(state.step) - c * chunk
             row_ids, toks, lps, done, lens = jax.device_get(
                 (state.row_ids_B, state.tokens_BxC, state.logprobs_BxC, state.done_B, state.lengths_B))
