@@ -68,7 +68,7 @@ def _fields(c):
     return {k: c[k] for k in ("tokenizer", "train_tokens", "shard_docs", "progress")}
 
 
-@pytest.mark.parametrize("damage", ["truncate", "delete", "offsets"])
+@pytest.mark.parametrize("damage", ["truncate", "delete", "offsets", "bitflip"])
 def test_damaged_shards_stop_before_compute_naming_the_file(data, tmp_path, damage):
     d = tmp_path / "tokens"
     shutil.copytree(data["tokens"], d)
@@ -77,11 +77,16 @@ def test_damaged_shards_stop_before_compute_naming_the_file(data, tmp_path, dama
         victim.write_bytes(victim.read_bytes()[:-10])
     elif damage == "delete":
         victim.unlink()
+    elif damage == "bitflip":
+        blob = bytearray(victim.read_bytes())
+        blob[len(blob) // 2] ^= 0x04
+        victim.write_bytes(bytes(blob))
+        check_shards(d)                              # sizes and offsets alone cannot see it
     else:
         victim = d / "shard-00001.idx.npy"
         np.save(victim, np.arange(5, dtype=np.int64))
     with pytest.raises(DataError, match=str(victim).replace(".", r"\.")):
-        check_shards(d)
+        check_shards(d, verify_contents=True)
 
 
 def _pretrain(data, workdir, **extra):

@@ -230,7 +230,7 @@ def build_train_data(config, tokenizer, tok_info, mixture, exclude: set[str], st
                   process_count=jax.process_count())
     if d.source == "tokens":
         root = token_dir(d.data_dir)
-        manifest = check_shards(root, tokenizer_sha256=tok_info["sha256"])
+        manifest = check_shards(root, tokenizer_sha256=tok_info["sha256"], verify_contents=True)
         source = TokenShardSource(root, manifest)
         need = int(config.batch_size) * int(config.seq_len) * steps
         if source.tokens < need:
