@@ -2,7 +2,8 @@
 
 * On CPU: the splash kernel in Pallas interpret mode gives the einsum path's logits and gradients
   (plain causal, segment ids, a length that is not a multiple of 128, GQA, head dims 8 and 72), also
-  under a data x fsdp mesh (its shard_map; a subprocess with 4 CPU devices).
+  under a data x fsdp mesh (its shard_map; a subprocess with 4 CPU devices); the TPU RoPE equals the
+  model's.
 """
 import json
 import pathlib
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from interplay_jax.model import forward, init_model, model_config, tpu_attention
+from interplay_jax.model import forward, init_model, model_config, qwen2, tpu_attention
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -44,6 +45,16 @@ def test_splash_interpret_matches_einsum(head_dim):
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
         np.testing.assert_allclose(a, b, atol=2e-6, rtol=1e-4)
     assert np.abs(np.asarray(m1[:, 70:170] - p1[:, 70:170])).max() > 1e-3   # the mask does something
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("head_dim", [8, 64, 72])
+def test_tpu_rope_equals_rotate_half(head_dim, dtype):
+    x = jax.random.normal(jax.random.key(0), (2, 9, 3, head_dim)).astype(dtype)
+    cos, sin = qwen2.rope_tables(jnp.arange(9)[None].repeat(2, 0) * 131, head_dim, 1e6)
+    a, b = qwen2.apply_rope(x, cos, sin), tpu_attention.rope(x, cos, sin)
+    assert b.dtype == x.dtype
+    np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
 
 
 def test_block_sizes_and_padding():

@@ -58,6 +58,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from interplay_jax.errors import ConfigError
+from interplay_jax.model.tpu_attention import rope as tpu_rope
 from interplay_jax.model.tpu_attention import splash_attention
 
 ATTENTION_IMPLS = ("auto", "einsum", "jax", "cudnn", "splash")
@@ -202,6 +203,8 @@ def rope_tables(positions_BxT, head_dim: int, theta: float):
 
 
 def apply_rope(x_BxTxNxD, cos, sin):
+    if jax.default_backend() == "tpu":  # the same values as a lane-dense matmul (model/tpu_attention.py)
+        return tpu_rope(x_BxTxNxD, cos, sin)
     half = x_BxTxNxD.shape[-1] // 2
     xf = x_BxTxNxD.astype(jnp.float32)
     rotated = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)

@@ -31,6 +31,12 @@ that never materialises the T x T scores and skips the key blocks above the diag
 * **Off TPU** (tests on CPU) the same kernel runs in Pallas interpret mode: slow, exact, for checking
   numerics only (``qwen2.attention`` never picks it on CPU unless asked, ``attention="splash"``).
 
+``rope(x, cos, sin)``: the model's RoPE (HF rotate-half) in a TPU-friendly form: rotate_half(x) as a
+matmul with a fixed [Dh, Dh] signed permutation (exact: one +-1 per column, fp32 accumulation, HIGHEST
+precision for fp32 inputs). The slicing form materialises the two fp32 halves of q and k with a 32-
+or 36-wide minor dimension (a quarter of the 128 lanes) in the forward and again in the backward;
+for the paper100m pre-training step on v5e the TPU cost model puts that at ~20% of the step (BUILD_NOTES).
+
 Nothing here has run on a TPU: it is compiled for virtual TPU slices on a CPU host
 (``benchmarks/tpu_aot.py``, ``tests/test_tpu_attention.py``) and checked numerically in interpret mode.
 """
@@ -72,6 +78,19 @@ def _kernel(num_heads: int, seq_len: int, interpret: bool):
     # (cached across traces: a tracer here would leak)
     with jax.ensure_compile_time_eval():
         return sa.make_splash_mha(mask, head_shards=1, q_seq_shards=1, block_sizes=blocks, interpret=interpret)
+
+
+def rope(x_BxTxNxD, cos, sin):
+    """x * cos + rotate_half(x) * sin (fp32 math, result in x's dtype), rotate_half = concat(-x2, x1)
+    written as ``x @ R`` so XLA on TPU keeps one lane-dense fusion (see the module docstring)."""
+    d = x_BxTxNxD.shape[-1]
+    half = d // 2
+    eye, zero = jnp.eye(half, dtype=x_BxTxNxD.dtype), jnp.zeros((half, half), x_BxTxNxD.dtype)
+    r_DxD = jnp.block([[zero, eye], [-eye, zero]])                   # x @ R = concat(-x2, x1)
+    precision = jax.lax.Precision.HIGHEST if x_BxTxNxD.dtype == jnp.float32 else None
+    rotated = jnp.einsum("btnd,de->btne", x_BxTxNxD, r_DxD, precision=precision,
+                         preferred_element_type=jnp.float32)
+    return (x_BxTxNxD.astype(jnp.float32) * cos + rotated * sin).astype(x_BxTxNxD.dtype)
 
 
 def _local_attention(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, seg_BxT, interpret: bool):
