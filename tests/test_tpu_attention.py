@@ -4,7 +4,12 @@
   (plain causal, segment ids, a length that is not a multiple of 128, GQA, head dims 8 and 72), also
   under a data x fsdp mesh (its shard_map; a subprocess with 4 CPU devices); the TPU RoPE equals the
   model's.
+* With libtpu (XLA's TPU compiler, no TPU needed; skipped without it): the tiny model's train step
+  (plain causal and document masking) and GRPO update compile for a virtual v5e:2x2 slice with "auto"
+  attention and the compiled programs launch the splash kernels (forward, dq, dkv); the einsum path
+  launches none; the cost-model helper of benchmarks/virtual_tpu.py counts a scan's body per trip.
 """
+import importlib.util
 import json
 import pathlib
 import subprocess
@@ -14,12 +19,27 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
 from interplay_jax.model import forward, init_model, model_config, qwen2, tpu_attention
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _virtual_tpu():
+    """benchmarks/virtual_tpu.py, or skip (with the reason) where libtpu cannot be imported."""
+    vt = sys.modules.get("virtual_tpu")
+    if vt is None:
+        spec = importlib.util.spec_from_file_location("virtual_tpu", REPO / "benchmarks" / "virtual_tpu.py")
+        vt = importlib.util.module_from_spec(spec)
+        sys.modules["virtual_tpu"] = vt
+        spec.loader.exec_module(vt)
+    missing = vt.libtpu_missing()
+    if missing:
+        pytest.skip(missing)
+    return vt
 
 
 # ------------------------------------------------------------------------------------------ CPU numerics
@@ -109,3 +129,83 @@ def test_splash_under_mesh_matches_einsum():
     assert abs(e["entropy"] - s["entropy"]) < 1e-4
     for a, b in zip(e["params"], s["params"]):
         np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------ TPU compiler
+
+
+def _train_step(vt, attention: str, document_mask: bool):
+    from interplay_jax import checkpoint as ck
+    from interplay_jax.train import lm_step
+    from interplay_jax.train import sharding as shd
+
+    mesh = vt.mesh("v5e:2x2", data=-1)
+    cfg = model_config("tiny", dtype="bfloat16", attention=attention)
+    tx = optax.adamw(1e-3)
+    graphdef, abstract = lm_step.abstract_state(cfg, tx)
+    shardings = shd.state_shardings(abstract, mesh)
+    bsh = shd.batch_sharding(mesh)
+    batch = {k: jax.ShapeDtypeStruct((8, 256), jnp.int32, sharding=bsh) for k in ("tokens", "segment_ids", "positions")}
+    step = lm_step.make_lm_step(graphdef, tx, lambda s: 1e-3, mesh=mesh, state_shardings=shardings,
+                                grad_accum_steps=2, document_mask=document_mask)
+    with vt.as_tpu_host():
+        return step.lower(ck.abstract_target(abstract, shardings), batch).compile()
+
+
+@pytest.mark.parametrize("document_mask", [False, True])
+def test_tiny_train_step_compiles_with_flash_attention_for_v5e(document_mask):
+    vt = _virtual_tpu()
+    compiled = _train_step(vt, "auto", document_mask)
+    calls = vt.flash_kernel_calls(compiled)
+    layers = model_config("tiny").num_layers
+    # forward (with residuals for the backward), dq and dkv kernels, one launch site per layer
+    assert {k.split("_")[2]: v for k, v in calls.items()} == {"fwd": layers, "dq": layers, "dkv": layers}, calls
+    mem = vt.memory(compiled)
+    assert 0 < mem["total"] < 1.0                               # GiB per chip: a 1M-parameter model
+
+
+def test_einsum_on_tpu_has_no_flash_kernel():
+    vt = _virtual_tpu()
+    assert vt.flash_kernel_calls(_train_step(vt, "einsum", False)) == {}
+
+
+def test_tiny_grpo_update_compiles_with_flash_attention_for_v5e():
+    vt = _virtual_tpu()
+    from interplay_jax import checkpoint as ck
+    from interplay_jax.rl import grpo, memory
+    from interplay_jax.train import lm_step
+    from interplay_jax.train import sharding as shd
+
+    mesh = vt.mesh("v5e:2x2", data=-1)
+    cfg = model_config("tiny", dtype="bfloat16")
+    tx = optax.adamw(1e-6)
+    graphdef, abstract = lm_step.abstract_state(cfg, tx)
+    shardings = shd.state_shardings(abstract, mesh)
+    bsh = shd.batch_sharding(mesh)
+    step = grpo.make_grpo_step(graphdef, tx, grpo.GRPOConfig(), num_minibatches=2, micro_batch_size=8, mesh=mesh,
+                               state_shardings=shardings, batch_sharding=bsh)
+    rollouts = memory.update_inputs(32, 384, 128, kl=True, sampler_old=False, sharding=bsh)
+    with vt.as_tpu_host():
+        compiled = step.lower(ck.abstract_target(abstract, shardings), rollouts).compile()
+    calls = vt.flash_kernel_calls(compiled)
+    layers = cfg.num_layers
+    # the old log-probs' forward (no residuals) and each micro-batch's forward + backward
+    assert calls.get("splash_mha_fwd_no_residuals") == layers, calls
+    assert calls.get("splash_mha_fwd_residuals") == layers and calls.get("splash_mha_dkv_no_residuals") == layers
+
+
+def test_cost_model_counts_loop_trips():
+    vt = _virtual_tpu()
+    from jax.sharding import SingleDeviceSharding
+
+    device = SingleDeviceSharding(vt.topology("v5e:2x2").devices[0])
+    x = jax.ShapeDtypeStruct((1024, 1024), jnp.bfloat16, sharding=device)
+
+    def body(c, _):
+        return jnp.tanh(c @ c), None
+
+    once = vt.cost(jax.jit(lambda a: body(a, None)[0]).lower(x).compile())
+    looped = vt.cost(jax.jit(lambda a: jax.lax.scan(body, a, None, length=8)[0]).lower(x).compile())
+    assert once["seconds"] > 0 and looped["seconds"] > 0       # no -1 s sentinel left
+    assert once["loop_factor"] == 1.0 and 7.0 < looped["loop_factor"] < 9.0, (once, looped)
+    assert looped["seconds"] > 6.0 * once["seconds"]          # 8 trips, not one
