@@ -4,8 +4,10 @@ memory the TPU compiler allocates against the chip's HBM and the step time its c
     python benchmarks/tpu_aot.py --topology v5e:2x2                      # pre-training, GRPO update, sampler
     python benchmarks/tpu_aot.py --topology v5e:4x4 --parts pretrain      # the README's multi-host mesh, 16 chips
     python benchmarks/tpu_aot.py --topology v5p:2x2x1,v4:2x2x1 --per-chip 16 --mesh -1,1,1
+    python benchmarks/tpu_aot.py --parts pretrain --preset release45m --per-chip 16   # head dim 72
 
-Needs libtpu (benchmarks/virtual_tpu.py says how); nothing runs on a TPU. Programs (traced as on a TPU
+Needs libtpu (benchmarks/virtual_tpu.py says how); nothing runs on a TPU. Results of the runs in
+README / BUILD_NOTES: benchmarks/results/tpu_aot/ (log and one JSON record per program). Programs (traced as on a TPU
 host: attention "auto" = the Pallas splash flash-attention kernel, shard_map over the mesh):
 
 * ``pretrain``: ``train.lm_step.make_lm_step`` of ``configs/pretrain.py:base,paper`` (paper100m, bf16
@@ -226,7 +228,7 @@ def sampler(topology: str, mesh_dims, *, prompts: int) -> Figures:
 
 
 PARTS = {"pretrain": lambda a, t, m: pretrain(t, m, per_chip=a.per_chip, document_mask=a.document_mask,
-                                              remat=a.remat, global_batch=a.global_batch or None),
+                                              remat=a.remat, global_batch=a.global_batch or None, preset=a.preset),
          "grpo": lambda a, t, m: grpo_update(t, m, micro_chip=a.grpo_micro, remat=a.remat),
          "sampler": lambda a, t, m: sampler(t, m, prompts=a.sampler_prompts)}
 
@@ -239,6 +241,7 @@ def main(argv=None):
     p.add_argument("--per-chip", type=int, default=8, help="pre-training rows per chip per micro-step")
     p.add_argument("--global-batch", type=int, default=0, help="pre-training rows per step (0: the paper's 256)")
     p.add_argument("--document-mask", action="store_true", help="pre-training with segment ids")
+    p.add_argument("--preset", default="paper100m", help="pre-training model preset (e.g. release45m: head dim 72)")
     p.add_argument("--remat", action="store_true")
     p.add_argument("--grpo-micro", type=int, default=16, help="GRPO rollouts per chip per micro-batch")
     p.add_argument("--sampler-prompts", type=int, default=256, help="prompts per sampler call (x 6 rollouts)")
