@@ -58,8 +58,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from interplay_jax.errors import ConfigError
+from interplay_jax.model.tpu_attention import rope as tpu_rope
+from interplay_jax.model.tpu_attention import splash_attention
 
-ATTENTION_IMPLS = ("auto", "einsum", "jax", "cudnn")
+ATTENTION_IMPLS = ("auto", "einsum", "jax", "cudnn", "splash")
 DTYPES = ("float32", "bfloat16", "float16")
 # ModelConfig fields that change how the model runs but not its parameters' shapes: a checkpoint's
 # own config (an HF config.json, a run's lineage) fixes the rest, these may still come from a config.
@@ -86,7 +88,7 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype; softmax, norms and logits stay fp32
     param_dtype: str = "float32"
     remat: bool = False  # nnx.remat per layer
-    attention: str = "auto"  # "einsum" (portable), "jax" (XLA fused), "cudnn" (flash, GPU), "auto"
+    attention: str = "auto"  # "einsum" (portable), "jax" (XLA fused), "cudnn" / "splash" (flash: GPU / TPU), "auto"
 
     def validate(self) -> "ModelConfig":
         """Raise ConfigError (one line naming the clashing values) if this config cannot run."""
@@ -201,6 +203,8 @@ def rope_tables(positions_BxT, head_dim: int, theta: float):
 
 
 def apply_rope(x_BxTxNxD, cos, sin):
+    if jax.default_backend() == "tpu":  # the same values as a lane-dense matmul (model/tpu_attention.py)
+        return tpu_rope(x_BxTxNxD, cos, sin)
     half = x_BxTxNxD.shape[-1] // 2
     xf = x_BxTxNxD.astype(jnp.float32)
     rotated = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)
@@ -258,11 +262,15 @@ def causal_chunk(t: int) -> int:
 
 def resolve_impl(impl: str, dtype, masked: bool) -> str:
     """"auto": cuDNN flash attention on GPU for plain causal bf16/fp16 (no segment ids), XLA's fused
-    attention for other cases on GPU, einsum on CPU / TPU."""
+    attention for other cases on GPU, the Pallas splash (flash) kernel on TPU for every case (plain
+    causal and segment ids, any dtype; model/tpu_attention.py), einsum on CPU."""
     if impl != "auto":
         return impl
-    if jax.default_backend() == "gpu":
+    backend = jax.default_backend()
+    if backend == "gpu":
         return "cudnn" if (not masked and dtype in (jnp.bfloat16, jnp.float16)) else "jax"
+    if backend == "tpu":
+        return "splash"
     return "einsum"
 
 
@@ -271,6 +279,8 @@ def attention(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, impl: str, segment_ids_BxT=None):
     its own segment and segment 0 is padding (attends nowhere; ignored as a key). Without segment ids
     this is plain causal attention, which every backend runs as flash attention where it has one."""
     impl = resolve_impl(impl, q_BxTxHxD.dtype, segment_ids_BxT is not None)
+    if impl == "splash":  # TPU flash attention, segment ids included (off TPU: Pallas interpret mode)
+        return splash_attention(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, segment_ids_BxT)
     if segment_ids_BxT is None and impl in ("cudnn", "jax"):
         # flash attention with cuDNN: ~3.5x the XLA path for paper100m on an H100
         return jax.nn.dot_product_attention(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, is_causal=True,

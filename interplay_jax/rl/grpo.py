@@ -31,6 +31,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from interplay_jax.model.logprobs import token_logprobs
 from interplay_jax.train.accum import accumulate_gradients, split_rows, unsplit_rows
+from interplay_jax.train.sharding import traced_under
 
 LOSS_AGGS = ("token-mean", "seq-mean-token-mean", "dr_grpo")
 
@@ -240,7 +241,7 @@ def make_logprob_fn(graphdef, *, temperature: float = 1.0, micro_batch_size: int
 
     if mesh is None:
         return jax.jit(fn)
-    return jax.jit(fn, in_shardings=(param_shardings, batch_sharding), out_shardings=batch_sharding)
+    return jax.jit(traced_under(fn, mesh), in_shardings=(param_shardings, batch_sharding), out_shardings=batch_sharding)
 
 
 def _get(state, name):
@@ -336,6 +337,6 @@ def make_grpo_step(graphdef, tx: optax.GradientTransformation, cfg: GRPOConfig =
         return jax.jit(step, donate_argnums=(0,) if donate else ())
     if batch_sharding is None:
         batch_sharding = NamedSharding(mesh, PartitionSpec(tuple(a for a in ("data", "fsdp") if a in mesh.shape)))
-    return jax.jit(step, in_shardings=(state_shardings, batch_sharding),
+    return jax.jit(traced_under(step, mesh), in_shardings=(state_shardings, batch_sharding),
                    out_shardings=(state_shardings, NamedSharding(mesh, PartitionSpec())),
                    donate_argnums=(0,) if donate else ())

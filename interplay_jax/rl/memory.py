@@ -94,25 +94,33 @@ def pick_micro_batch(make_step, abstract_state, *, mini_rows: int, rows: int, se
     return MicroChoice(lo, b_lo, budget)
 
 
-def sampler_bytes(sampler, abstract_params, *, prompts: int, prompt_len: int, n: int, max_new_tokens: int,
-                  stop_ids=(), sharding=None) -> int:
-    """Device bytes of the sampler's prefill plus its widest decode chunk (all rows, every slot)."""
+def sampler_programs(sampler, abstract_params, *, prompts: int, prompt_len: int, n: int, max_new_tokens: int,
+                     stop_ids=(), sharding=None) -> tuple:
+    """The sampler's compiled prefill and widest decode chunk (all rows, every slot) at these shapes,
+    from abstract inputs: (prefill, decode)."""
     rows = next_pow2(prompts)
     length = bucket_length(prompt_len, sampler.prompt_buckets)
     chunk = min(sampler.decode_chunk or max_new_tokens, max_new_tokens)
     prefill, _ = sampler._jit("prefill", n=int(n), max_new_tokens=int(max_new_tokens), chunk=chunk)
     args = (abstract_params, _abstract((rows, length), jnp.int32, sharding), _abstract((rows,), jnp.int32, sharding),
             _abstract((rows,), jnp.bool_, sharding))
-    p_bytes = program_bytes(prefill.lower(*args).compile())
+    p_compiled = prefill.lower(*args).compile()
     state = jax.eval_shape(prefill, *args)
     if sharding is not None:
         state = jax.tree.map(lambda s: _abstract(s.shape, s.dtype, sharding), state)
     decode, _ = sampler._jit("decode", max_new_tokens=int(max_new_tokens),
                              temperature=1.0, top_k=0, top_p=1.0, stop_ids=tuple(stop_ids), pad_id=sampler.pad_id)
     key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=sharding)   # a raw PRNGKey, as the RL stage passes
-    d_bytes = program_bytes(decode.lower(abstract_params, state, key).compile())
+    return p_compiled, decode.lower(abstract_params, state, key).compile()
+
+
+def sampler_bytes(sampler, abstract_params, *, prompts: int, prompt_len: int, n: int, max_new_tokens: int,
+                  stop_ids=(), sharding=None) -> int:
+    """Device bytes of the sampler's prefill plus its widest decode chunk (all rows, every slot)."""
+    prefill, decode = sampler_programs(sampler, abstract_params, prompts=prompts, prompt_len=prompt_len, n=n,
+                                       max_new_tokens=max_new_tokens, stop_ids=stop_ids, sharding=sharding)
     # the decode donates the state (cache) the prefill produced: the larger of the two is live at once
-    return max(p_bytes, d_bytes)
+    return max(program_bytes(prefill), program_bytes(decode))
 
 
 def gib(x: float) -> float:

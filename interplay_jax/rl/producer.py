@@ -78,10 +78,11 @@ class RolloutProducer:
         records = self.prompts.step_records(step, s.num_prompts)
         prompt_ids = [self.tokenizer.encode_prompt(r) for r in records]
         key = jax.random.fold_in(jax.random.PRNGKey(self.seed), int(step))
-        out = rollout(self.sampler, state["params"], prompt_ids, max_prompt_len=s.max_prompt_len,
-                      batch_prompts=s.batch_prompts or None, n=s.n, max_new_tokens=s.max_response_len,
-                      temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, key=key,
-                      stop_ids=self.tokenizer.stop_ids)
+        with shd.tracing_mesh(self.mesh):   # the params live on the mesh (TPU attention shard_maps over it)
+            out = rollout(self.sampler, state["params"], prompt_ids, max_prompt_len=s.max_prompt_len,
+                          batch_prompts=s.batch_prompts or None, n=s.n, max_new_tokens=s.max_response_len,
+                          temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, key=key,
+                          stop_ids=self.tokenizer.stop_ids)
         res, kept = out.result, out.kept
         self.filtered_total += out.num_filtered
         t_sample = time.perf_counter() - t0

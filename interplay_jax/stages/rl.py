@@ -73,7 +73,8 @@ def run(config):
     produce = RolloutProducer(RolloutSettings.from_config(config), graphdef=graphdef, model_cfg=model_cfg,
                               tokenizer=tokenizer, prompts=prompts, reward=reward, mesh=run.mesh, seed=int(config.seed),
                               ref_params=ref_params, logprob_fn=logprob_fn, samples_path=run.workdir / "samples.jsonl")
-    _preflight(config, update, produce, target, bsh, mb)
+    with shd.tracing_mesh(run.mesh):   # the sampler is compiled as the producer calls it
+        _preflight(config, update, produce, target, bsh, mb)
 
     def step_fn(state, batch):
         arrays, host = batch

@@ -275,7 +275,8 @@ def make_heldout_eval(config, graphdef, model_cfg, mesh, state_shardings, tokeni
     sampled = _sampled_eval(config, graphdef, model_cfg, tokenizer, heldout)
 
     def eval_fn(state):
-        out = sampled(state) if sampled else {}
+        with shd.tracing_mesh(mesh):   # the sampler's inputs live on the mesh
+            out = sampled(state) if sampled else {}
         for name, bl in batches.items():
             loss_sum, tokens = 0.0, 0
             for b in bl:

@@ -133,7 +133,7 @@ def make_lm_step(graphdef, tx, schedule, *, mesh, state_shardings, grad_accum_st
                        grad_norm=optax.tree.norm(grads), tokens=count)
         return new_state, metrics
 
-    return jax.jit(step, in_shardings=(state_shardings, bsh),
+    return jax.jit(shd.traced_under(step, mesh), in_shardings=(state_shardings, bsh),
                    out_shardings=(state_shardings, shd.replicated(mesh)), donate_argnums=0)
 
 
@@ -146,5 +146,5 @@ def make_eval_step(graphdef, *, mesh, param_shardings, document_mask: bool = Fal
         nll, counted = token_nll(params, graphdef, batch, document_mask)
         return dict(loss_sum=nll.sum(axis=1), tokens=counted.sum(axis=1, dtype=jnp.int32))
 
-    return jax.jit(evaluate, in_shardings=(param_shardings, shd.batch_sharding(mesh)),
+    return jax.jit(shd.traced_under(evaluate, mesh), in_shardings=(param_shardings, shd.batch_sharding(mesh)),
                    out_shardings=shd.replicated(mesh))

@@ -15,9 +15,16 @@ e.g. an odd vocabulary). Unknown names and scalars (step, Adam count) are replic
 
 Multi-host: ``initialize_distributed`` (before any other JAX call) and ``make_global_batch``
 (per-process rows -> one global array).
+
+Kernels XLA cannot partition (the TPU flash-attention kernel, interplay_jax/model/tpu_attention.py)
+place their work per device with ``shard_map`` over the mesh in context: every jitted step that runs
+on a mesh is traced under it (``traced_under``; ``tracing_mesh`` around calls of functions jitted
+without shardings, such as the sampler's, whose inputs live on the mesh).
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import re
 
@@ -93,6 +100,28 @@ def axis_size(mesh, axis) -> int:
     if isinstance(axis, tuple):
         return int(np.prod([mesh.shape[a] for a in axis]))
     return int(mesh.shape[axis])
+
+
+@contextlib.contextmanager
+def tracing_mesh(mesh):
+    """Trace (and key jit caches) under ``mesh`` as the abstract mesh in context; None: no change."""
+    if mesh is None:
+        yield
+        return
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+        yield
+
+
+def traced_under(fn, mesh):
+    """``fn`` whose body is traced under ``tracing_mesh(mesh)`` (for ``jax.jit(traced_under(f, mesh), ...)``)."""
+    if mesh is None:
+        return fn
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with tracing_mesh(mesh):
+            return fn(*args, **kwargs)
+    return wrapped
 
 
 # ------------------------------------------------------------------------------------------ rules
