@@ -16,7 +16,7 @@ that never materialises the T x T scores and skips the key blocks above the diag
   128 and the output sliced back: exact, since a causal query never sees a later key, and padded keys
   get segment 0, which no real segment matches. Blocks: 512 (or 256 / 128, the largest that divides).
 * **Head dims** 64 (paper100m), 72 (release45m), 32 and 8 are passed as they are: the kernel pads
-  the head dimension to 128 lanes in VMEM itself (BUILD_NOTES, issue 16).
+  the head dimension to 128 lanes in VMEM itself (BUILD_NOTES, "Presets faithful to the release").
 * **Segment ids**: ``SegmentIds(q=seg, kv=seg)``; segment 0 (padding) queries see the padding keys
   before them instead of nothing: their outputs are unspecified in every path (masked out by the
   loss), and no query row is ever fully masked (the diagonal is always its own segment), so no NaN.
