@@ -30,7 +30,7 @@ from interplay_jax.stages.train import build_train_data, mixture_of  # noqa: E40
 def stage_config(args, **fields):
     c = load_config("pretrain.py:base,cpu", lock=False)
     c.seq_len, c.batch_size, c.tokenizer = args.seq_len, args.batch, args.tokenizer
-    c.data.update(dict(buffer_docs=256, num_threads=1, **fields))
+    c.data.update(dict(buffer_docs=256, **fields))     # data.num_threads: the config default
     return c
 
 
@@ -84,7 +84,7 @@ def main():
     for name, rs in results.items():
         med = statistics.median(rs)
         rel = f"  ({med / base:.2f}x workers=1)" if base and "workers=" in name else ""
-        print(f"  {name:<28} {med:>12,.0f} tokens/s{rel}")
+        print(f"  {name:<28} {med:>12,.0f} tokens/s{rel}  [min {min(rs):,.0f}, max {max(rs):,.0f}]")
 
 
 if __name__ == "__main__":

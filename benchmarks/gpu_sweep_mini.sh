@@ -9,7 +9,7 @@
 # Knobs (environment): MINUTES training minutes per point (default 3; each point first probes its
 # speed) or TOKENS (a token budget per point instead), POINTS (default | all | names), PARALLEL (6),
 # EVAL_OPS (2-14), EVAL_PER_OP (16), EVAL_N (16), EVAL_MAX_NEW (768), EVAL_BATCH (32),
-# DATA_SET (pre-training fields for every point, default "data.num_threads=2"; with the token-shard
+# DATA_SET (pre-training fields for every point, default "data.workers=2"; with the token-shard
 # pipeline: "data.source=tokens data.workers=2"), TOKENIZER (default: the carried E1 tokenizer
 # runs/e1_seed/E1_mini/tokenizer/tokenizer.json, else the default tokenizer), DEADLINE (seconds, 0 = none).
 #
@@ -26,7 +26,7 @@ mkdir -p "$OUT"
 TOK=${TOKENIZER:-$REPO/runs/e1_seed/E1_mini/tokenizer/tokenizer.json}
 [ -f "$TOK" ] || TOK=""
 SETS=()
-for kv in ${DATA_SET-data.workers=2 data.num_threads=1}; do SETS+=(--set "$kv"); done
+for kv in ${DATA_SET-data.workers=2}; do SETS+=(--set "$kv"); done
 BUDGET=(--minutes "${MINUTES:-3}")
 [ -n "${TOKENS:-}" ] && BUDGET=(--tokens "$TOKENS")
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader

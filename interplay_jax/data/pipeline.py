@@ -230,7 +230,7 @@ class FFDPackIterDataset(grain.IterDataset):
 def build_dataset(source, encode_batch: Callable[[list], list] | None, *, seq_len: int, batch_size: int,
                   pad_id: int, process_index: int = 0, process_count: int = 1, exclude_hashes: Iterable[str] = (),
                   buffer_docs: int = 256, shuffle_seed: int | None = None, num_epochs: int | None = 1,
-                  num_threads: int = 1, workers: int = 0, worker_buffer: int = 2) -> grain.IterDataset:
+                  num_threads: int = 0, workers: int = 0, worker_buffer: int = 2) -> grain.IterDataset:
     """The training dataset of one host: batches dict(tokens, segment_ids, positions) [B, T].
 
     ``source``: any ``__len__/__getitem__`` of records (e.g. :class:`GeneratorSource` or a list of
