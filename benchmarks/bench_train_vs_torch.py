@@ -4,7 +4,7 @@
     python benchmarks/bench_train_vs_torch.py --presets=small --steps=10 --batch=4 --seq=512
 
 Both sides: fp32, AdamW (0.9, 0.999, eps 1e-8, wd 0.1), next-token loss on random tokens, one
-process on this machine's CPUs. The two sides' steps are interleaved and the
+process on this machine's CPUs. The two sides run in interleaved rounds (a pause between) and the
 median step time is reported (robust to other load on a shared machine). JAX: one jitted, donated train step (``interplay_jax.train.lm_step``
 when available, else an inline optax step). PyTorch: eager ``Qwen2ForCausalLM`` (sdpa attention),
 ``torch.optim.AdamW``. Model FLOPs per token = 6 * matmul params + 6 * L * H * Dh * T (causal
@@ -150,6 +150,8 @@ def main():
     ap.add_argument("--peak-gflops", type=float, default=None,
                     help="MFU denominator in GFLOP/s (default: measured fp32 matmul peak, noisy on a busy machine)")
     ap.add_argument("--inline", action="store_true", help="use the inline optax step, not lm_step")
+    ap.add_argument("--round", type=int, default=3, help="steps of one side before switching to the other")
+    ap.add_argument("--settle", type=float, default=1.0, help="seconds of pause before each round")
     args = ap.parse_args()
     threads = os.cpu_count()
     try:
@@ -175,12 +177,18 @@ def main():
         print(f"[{name}] params={cfg.num_params():,} batch={b} seq={t} steps={n}", flush=True)
         jax_step, compile_s, kind = make_jax_step(cfg, b, t, use_lm_step=not args.inline)
         torch_step = None if args.no_torch else make_torch_step(cfg, b, t)
-        # Interleave the two sides step by step so that load from other processes hits both alike.
+        # Interleave the two sides so that load from other processes hits both alike, in rounds of
+        # ``--round`` steps with a pause between sides: a side's idle worker threads keep spinning for
+        # a while after its last op (OpenMP, Eigen), and step-by-step alternation charged that spin
+        # to the other side (the JAX small step read ~35% slower next to torch than alone).
         jt, tt = [], []
-        for _ in range(n):
-            jt.append(_timed(jax_step))
-            if torch_step:
-                tt.append(_timed(torch_step))
+        for r in range(-(-n // args.round)):
+            for step, times in ((jax_step, jt), (torch_step, tt)):
+                if step is None:
+                    continue
+                time.sleep(args.settle)
+                for _ in range(min(args.round, n - r * args.round)):
+                    times.append(_timed(step))
         jax_tps = b * t / float(np.median(jt))
         torch_tps = b * t / float(np.median(tt)) if tt else None
         print(f"  jax   {jax_tps:9.0f} tokens/s  MFU {100 * jax_tps * fpt / peak:5.1f}%  "
