@@ -30,8 +30,8 @@ def get_config(arg=None):
     c.shard_size = 10_000
     # format "tokens": the train split as token shards in WORKDIR/tokens/ (train with data.source=tokens)
     c.format = p["format"]
-    c.train_tokens = 100_000_000       # the train split's size in tokens (format tokens)
-    c.shard_docs = 65_536              # documents a token shard (each shard is generated independently)
+    c.train_tokens = 100_000_000       # the train split's size in tokens (format tokens), rounded up to whole shards
+    c.shard_docs = 65_536              # documents a token shard (~23M tokens of the base mixture; generated independently)
     c.workers = 0                      # processes generating shards (0: this one)
     c.tokenizer = ""                   # "" = the default tokenizer (built once, cached)
     c.source = "mixture"               # "mixture" | "jsonl": convert data_dir's train split (published layout)

@@ -8,6 +8,7 @@ exit 2; an interrupted run (SIGINT / SIGTERM, its checkpoint saved) exits 130. `
 from __future__ import annotations
 
 import os
+import re
 import sys
 import traceback
 
@@ -46,11 +47,29 @@ def _main(argv):
         sys.exit(130)
 
 
+_WHOLE_SCI = re.compile(r"^[+]?\d+(\.\d+)?[eE]\+?\d+$")
+
+
+def _integral_literals(argv):
+    """``--config.total_tokens=2.1e9`` -> ``2100000000``: a token budget reads best in scientific
+    notation but is an int field; an integral literal in that form is written out in digits (which a
+    float field accepts as well). Other values are left as they are."""
+    out = []
+    for a in argv:
+        key, eq, value = a.partition("=")
+        if key.startswith("--config.") and eq and _WHOLE_SCI.match(value):
+            number = float(value)
+            if number.is_integer() and number < 1e18:
+                a = f"{key}={int(number)}"
+        out.append(a)
+    return out
+
+
 def _parse_flags(argv):
     """absl's flag parsing, but a bad --config (unknown key such as --config.optimizer.lrr=1, a
     value of the wrong type, an unknown preset) is one line on stderr and exit 2."""
     try:
-        return flags.FLAGS(argv)
+        return flags.FLAGS(_integral_literals(argv))
     except UserError as e:                      # e.g. an unknown preset word
         print(f"error: bad --config: {e}", file=sys.stderr)
         sys.exit(2)
