@@ -35,6 +35,7 @@ import re
 import shutil
 import socket
 import sys
+import warnings
 from typing import Any
 
 import jax
@@ -126,6 +127,10 @@ class _AsyncioNoiseFilter(logging.Filter):
 
 
 logging.getLogger("asyncio").addFilter(_AsyncioNoiseFilter())
+if not verbose():
+    # the same reads' coroutines, collected unawaited, also warn ("coroutine ... was never awaited");
+    # this package has no coroutines of its own, so these come from orbax's failed read
+    warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited", category=RuntimeWarning)
 
 
 class _OrbaxLogFilter(logging.Filter):
