@@ -43,6 +43,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from interplay_jax.errors import ConfigError, DataError, UserError, verbose
+from interplay_jax.files import write_atomic
 
 CKPT_SUBDIR = "checkpoints"
 LINEAGE_FILE = "lineage.json"
@@ -242,7 +243,7 @@ class Checkpointer:
         record = {"format": DIGEST_FORMAT, "step": p.step,
                   "state": {name: f.result() for name, f in p.leaves.items()},
                   "data": _json_digest(p.data), "meta": _json_digest(p.meta)}
-        _write_atomic(step_dir / "meta" / DIGEST_FILE, json.dumps(record, indent=1, sort_keys=True))
+        write_atomic(step_dir / "meta" / DIGEST_FILE, json.dumps(record, indent=1, sort_keys=True), sync_dir=True)
 
     def _unpublished_dir(self, step: int) -> pathlib.Path:
         tmp = sorted(self.directory.glob(f"{step}.orbax-checkpoint-tmp*"))
@@ -506,21 +507,6 @@ def _fsync_tree(directory: pathlib.Path) -> None:
                 os.close(fd)
 
 
-def _write_atomic(path: pathlib.Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file, fsync and rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 # ---------------------------------------------------------------------------- one run per workdir
 
 
@@ -732,9 +718,7 @@ def write_lineage(run_dir, stage: str, config=None, parent: dict | None = None, 
               "parent": None if parent is None else {"run_dir": str(pathlib.Path(parent["run_dir"]).absolute()),
                                                      "step": int(parent["step"])},
               "created": datetime.datetime.now(datetime.timezone.utc).isoformat(), **_jsonable(extra)}
-    tmp = run_dir / (LINEAGE_FILE + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
-    os.replace(tmp, run_dir / LINEAGE_FILE)
+    write_atomic(run_dir / LINEAGE_FILE, json.dumps(record, indent=2, sort_keys=True))
     return record
 
 

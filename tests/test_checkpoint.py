@@ -1,6 +1,5 @@
 """Checkpoints (orbax): round trip, keep-N, partial writes never loaded, other-mesh restore,
 restore_params, params digest, lineage chain CLI."""
-import os
 import pathlib
 import random
 import signal

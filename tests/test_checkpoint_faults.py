@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import jax
 import jax.numpy as jnp
@@ -193,9 +192,9 @@ def test_disk_full_while_saving_stops_the_run_and_keeps_the_previous_checkpoint(
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     if where == "digest write":
-        real = ck._write_atomic
-        monkeypatch.setattr(ck, "_write_atomic", lambda path, text: (
-            enospc() if path.parent.parent.name.startswith("10.") else real(path, text)))
+        real = ck.write_atomic
+        monkeypatch.setattr(ck, "write_atomic", lambda path, data, **kw: (
+            enospc() if path.parent.parent.name.startswith("10.") else real(path, data, **kw)))
     else:
         from orbax.checkpoint._src.handlers import json_checkpoint_handler as jch
         real = jch.JsonCheckpointHandler._save_fn

@@ -28,9 +28,7 @@ def test_select_edge_probes_and_keeps_edge_prompts():
 
 
 def test_rl_stage_with_edge_data_probes_once_and_records_the_choice(tmp_path):
-    import importlib.util
     import json
-    import pathlib
 
     import jax.numpy as jnp
     import optax

@@ -124,12 +124,12 @@ def test_corrupt_newest_checkpoint_falls_back_and_ends_bit_identical(reference, 
 DISK_FULL = """
 import errno, os, sys
 from interplay_jax import checkpoint as ck
-real = ck._write_atomic
-def write(path, text):
+real = ck.write_atomic
+def write(path, data, **kw):
     if path.parent.parent.name.startswith("20."):      # the digest of checkpoint 20: the disk is full
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-    return real(path, text)
-ck._write_atomic = write
+    return real(path, data, **kw)
+ck.write_atomic = write
 from interplay_jax.main import main
 sys.argv = ["interplay_jax.main"] + sys.argv[1:]
 main()

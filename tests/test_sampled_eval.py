@@ -1,5 +1,4 @@
 """Small-n sampled evaluation during training: pass@k of held-out prompts logged beside the loss."""
-import json
 import pathlib
 
 from conftest import load_config

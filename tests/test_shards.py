@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from conftest import load_config
 
-from interplay_jax.data import pipeline as dp
 from interplay_jax.data.shards import ShardJob, TokenShardSource, check_shards
 from interplay_jax.errors import DataError
 from interplay_jax.main import run_config

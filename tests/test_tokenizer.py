@@ -1,6 +1,5 @@
 """Tokenizer: special ids, lossless roundtrip, the reference file, the tokenizer stage."""
 import json
-import pathlib
 
 import pytest
 
@@ -163,7 +162,8 @@ def test_default_tokenizer_is_built_once_deterministically_and_recorded(tmp_path
     lineage names it (path + sha256); a second build elsewhere gives the same bytes."""
     from interplay_jax import checkpoint as ck
     from interplay_jax.main import run_config
-    from interplay_jax.task.tokenizer import default_tokenizer_path, file_digest
+    from interplay_jax.files import file_digest
+    from interplay_jax.task.tokenizer import default_tokenizer_path
 
     monkeypatch.setenv("INTERPLAY_DEFAULT_TOKENIZER_DOCS", "300")
     monkeypatch.setenv("INTERPLAY_CACHE", str(tmp_path / "cache"))

@@ -19,7 +19,7 @@ stream exactly (the packer re-reads its current buffer from the recorded parent 
 from __future__ import annotations
 
 import pathlib
-from typing import Any, Callable, Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import grain
 import numpy as np

@@ -28,6 +28,7 @@ import grain
 import numpy as np
 
 from interplay_jax.errors import DataError
+from interplay_jax.files import file_digest, write_atomic
 from interplay_jax.task.tokenizer import Tokenizer
 from interplay_jax.task.writer import read_jsonl, record_hash, split_files
 
@@ -38,15 +39,6 @@ DTYPE = np.uint16          # the study's vocabulary (2,200) fits
 
 def _files(root: pathlib.Path, name: str) -> tuple[pathlib.Path, pathlib.Path, pathlib.Path]:
     return root / f"{name}.bin", root / f"{name}.idx.npy", root / f"{name}.ops.npy"
-
-
-def _atomic_bytes(path: pathlib.Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _npy_bytes(arr: np.ndarray) -> bytes:
@@ -69,7 +61,7 @@ def read_manifest(root) -> dict:
 
 
 def _write_manifest(root: pathlib.Path, manifest: dict) -> None:
-    _atomic_bytes(root / MANIFEST, json.dumps(manifest, indent=1).encode())
+    write_atomic(root / MANIFEST, json.dumps(manifest, indent=1).encode())
 
 
 class ShardWriter:
@@ -109,9 +101,9 @@ class ShardWriter:
         flat = np.fromiter((t for d in docs for t in d), DTYPE, int(offsets[-1])) if len(docs) else np.zeros(0, DTYPE)
         blob = flat.tobytes()
         bin_path, idx_path, ops_path = _files(self.root, name)
-        _atomic_bytes(idx_path, _npy_bytes(offsets))
-        _atomic_bytes(ops_path, _npy_bytes(np.asarray(ops, np.uint8)))
-        _atomic_bytes(bin_path, blob)
+        write_atomic(idx_path, _npy_bytes(offsets))
+        write_atomic(ops_path, _npy_bytes(np.asarray(ops, np.uint8)))
+        write_atomic(bin_path, blob)
         entry = {"name": name, "docs": len(docs), "tokens": int(offsets[-1]), "sha256": hashlib.sha256(blob).hexdigest(),
                  **dict(extra or {})}
         self.manifest["shards"].append(entry)
@@ -125,14 +117,6 @@ class ShardWriter:
 
 
 # ---------------------------------------------------------------------------- reading
-
-
-def _sha256_file(path: pathlib.Path, chunk: int = 1 << 24) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)        # hashlib releases the GIL on large buffers: shards hash in parallel
-    return h.hexdigest()
 
 
 def check_shards(root, tokenizer_sha256: str | None = None, verify_contents: bool = False) -> dict:
@@ -169,7 +153,7 @@ def check_shards(root, tokenizer_sha256: str | None = None, verify_contents: boo
         from concurrent.futures import ThreadPoolExecutor
         paths = [_files(root, s["name"])[0] for s in manifest["shards"]]
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-            digests = list(pool.map(_sha256_file, paths))
+            digests = list(pool.map(file_digest, paths))
         for s, path, got in zip(manifest["shards"], paths, digests):
             if s.get("sha256") and got != s["sha256"]:
                 raise DataError(f"{path}: contents differ from the manifest's sha256 (corrupt shard; regenerate it)")

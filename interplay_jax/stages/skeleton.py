@@ -31,7 +31,8 @@ from absl import logging as absl_logging
 from interplay_jax import checkpoint as ck
 from interplay_jax.errors import ConfigError
 from interplay_jax.sampling.policy import is_hf_dir, load_params
-from interplay_jax.task.tokenizer import Tokenizer, default_tokenizer_path, file_digest
+from interplay_jax.files import file_digest
+from interplay_jax.task.tokenizer import Tokenizer, default_tokenizer_path
 from interplay_jax.train import sharding as shd
 from interplay_jax.train.loop import ScalarWriter
 

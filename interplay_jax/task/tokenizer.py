@@ -16,7 +16,6 @@ tokens, so ``decode(encode(text)) == text`` for any text without stray special-t
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -222,10 +221,3 @@ def default_tokenizer_path(progress: bool = True) -> pathlib.Path:
     return path
 
 
-def file_digest(path) -> str:
-    """sha256 of a file's bytes (e.g. which tokenizer.json a run used)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

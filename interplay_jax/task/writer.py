@@ -22,6 +22,7 @@ import pathlib
 from tqdm import tqdm
 
 from interplay_jax.errors import ConfigError, DataError
+from interplay_jax.files import write_atomic
 from interplay_jax.task.generator import content_hash, stable_rng
 
 FIELDS = ("problem", "question", "solution", "op", "id", "template", "mode", "length", "d")
@@ -95,15 +96,6 @@ def read_jsonl(path, required=REQUIRED):
 
 def split_seed(seed: int, split: str) -> int:
     return stable_rng("interplay_jax.writer.split", seed, split).getrandbits(62)
-
-
-def _atomic_write(path: pathlib.Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _load_manifest(out: pathlib.Path, settings: dict) -> dict:
@@ -211,17 +203,17 @@ def write_dataset(out_dir, mixture, splits: dict, seed: int = 0, shard_size: int
                 d = out / split / f"op{op}"
                 d.mkdir(parents=True, exist_ok=True)
                 text = "\n".join(lines) + "\n"
-                _atomic_write(d / f"shard-{k:05d}.jsonl", text)
+                write_atomic(d / f"shard-{k:05d}.jsonl", text)
                 sizes[f"op{op}/shard-{k:05d}.jsonl"] = len(text.encode("utf-8"))
             done.append({"index": k, "start": start, "end": pos, "count": got, "bytes": sizes})
-            _atomic_write(out / MANIFEST, json.dumps(manifest, indent=1))
+            write_atomic(out / MANIFEST, json.dumps(manifest, indent=1))
             kept += got
             bar.update(got)
             new_shards += 1
             if _fail_after_shards is not None and new_shards >= _fail_after_shards:
                 raise KeyboardInterrupt("simulated interruption")
         bar.close()
-    _atomic_write(out / MANIFEST, json.dumps(manifest, indent=1))
+    write_atomic(out / MANIFEST, json.dumps(manifest, indent=1))
     return manifest
 
 
