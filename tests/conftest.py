@@ -1,4 +1,5 @@
 import pathlib
+import sys
 
 import pytest
 
@@ -20,3 +21,31 @@ def load_config(spec, **overrides):
     overrides given as keyword arguments with ``__`` for dots (``data__num_threads=0``)."""
     from interplay_jax.config import load_config as load
     return load(spec, {k.replace("__", "."): v for k, v in overrides.items()}, lock=False)
+
+
+def xla_cache_env(tmp_path_factory) -> dict:
+    """Environment entries that make a test module's subprocess runs share one persistent XLA cache
+    (each later run skips compiling)."""
+    return {"JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("xla_cache")),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
+@pytest.fixture(scope="module")
+def tokenizer_path(tmp_path_factory) -> pathlib.Path:
+    """A tokenizer trained on 60 records of the hard0.1 mixture, saved to a fresh directory."""
+    from interplay_jax.task.mixture import get_mixture
+    from interplay_jax.task.tokenizer import train_on_records
+    tok = train_on_records(get_mixture("hard0.1").record(0, i) for i in range(60))
+    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
+    tok.save(path)
+    return path
+
+
+def pretrain_cmd(workdir, tok, steps=40, *, seq_len=512, every=5, extra=()):
+    """The pre-training command line of the stage tests: micro model, 4 rows of ``seq_len``, a
+    checkpoint and a log line every ``every`` steps, no evaluation, in-process data."""
+    return [sys.executable, "-m", "interplay_jax.main", "--config=configs/pretrain.py:hard0.1,cpu",
+            f"--config.workdir={workdir}", f"--config.tokenizer={tok}", "--config.model.preset=micro",
+            f"--config.seq_len={seq_len}", "--config.batch_size=4", f"--config.total_steps={steps}",
+            f"--config.ckpt_every={every}", f"--config.log_every={every}", "--config.eval_every=0",
+            "--config.eval.per_bucket=0", "--config.data.buffer_docs=16", "--config.data.num_threads=0", *extra]

@@ -18,6 +18,8 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import pretrain_cmd as shared_pretrain_cmd, xla_cache_env
+
 from interplay_jax import checkpoint as ck
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -27,28 +29,12 @@ NOISE = ("Traceback", "Event loop is closed", "Exception ignored")
 
 @pytest.fixture(scope="module", autouse=True)
 def compile_cache(tmp_path_factory):
-    ENV["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("xla_cache"))
-    ENV["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    ENV["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
-
-
-@pytest.fixture(scope="module")
-def tokenizer_path(tmp_path_factory):
-    from interplay_jax.task.mixture import get_mixture
-    from interplay_jax.task.tokenizer import train_on_records
-    tok = train_on_records(get_mixture("hard0.1").record(0, i) for i in range(60))
-    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
-    tok.save(path)
-    return path
+    ENV.update(xla_cache_env(tmp_path_factory))
 
 
 def pretrain_cmd(workdir, tok, steps=40, extra=()):
-    return [sys.executable, "-m", "interplay_jax.main", "--config=configs/pretrain.py:hard0.1,cpu",
-            f"--config.workdir={workdir}", f"--config.tokenizer={tok}", "--config.model.preset=micro",
-            "--config.seq_len=256", "--config.batch_size=4", f"--config.total_steps={steps}",
-            "--config.ckpt_every=10", "--config.keep_checkpoints=5", "--config.log_every=10",
-            "--config.eval_every=0", "--config.eval.per_bucket=0", "--config.data.buffer_docs=16",
-            "--config.data.num_threads=0", "--config.progress=False", *extra]
+    return shared_pretrain_cmd(workdir, tok, steps, seq_len=256, every=10,
+                               extra=("--config.keep_checkpoints=5", "--config.progress=False", *extra))
 
 
 def run(cmd, timeout=300):

@@ -12,7 +12,7 @@ import time
 import jax.numpy as jnp
 import pytest
 
-from conftest import load_config
+from conftest import load_config, pretrain_cmd, xla_cache_env
 
 from interplay_jax import checkpoint as ck
 from interplay_jax.errors import ConfigError
@@ -25,29 +25,7 @@ ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
 @pytest.fixture(scope="module", autouse=True)
 def compile_cache(tmp_path_factory):
     """The runs of this file share one persistent XLA cache: each later run skips compiling."""
-    ENV["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("xla_cache"))
-    ENV["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    ENV["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
-
-
-@pytest.fixture(scope="module")
-def tokenizer_path(tmp_path_factory):
-    from interplay_jax.task.mixture import get_mixture
-    from interplay_jax.task.tokenizer import train_on_records
-    m = get_mixture("hard0.1")
-    tok = train_on_records(m.record(0, i) for i in range(60))
-    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
-    tok.save(path)
-    return path
-
-
-def pretrain_cmd(workdir, tok, steps=40, extra=()):
-    return [sys.executable, "-m", "interplay_jax.main", "--config=configs/pretrain.py:hard0.1,cpu",
-            f"--config.workdir={workdir}", f"--config.tokenizer={tok}", "--config.model.preset=micro",
-            "--config.seq_len=512", "--config.batch_size=4", f"--config.total_steps={steps}",
-            "--config.ckpt_every=5", "--config.log_every=5", "--config.eval_every=0",
-            "--config.eval.per_bucket=0", "--config.data.buffer_docs=16", "--config.data.num_threads=0",
-            *extra]
+    ENV.update(xla_cache_env(tmp_path_factory))
 
 
 def run(cmd, timeout=120):
