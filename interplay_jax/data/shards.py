@@ -22,6 +22,7 @@ import io
 import json
 import os
 import pathlib
+from concurrent.futures import ThreadPoolExecutor
 from typing import Mapping, Sequence
 
 import grain
@@ -150,7 +151,6 @@ def check_shards(root, tokenizer_sha256: str | None = None, verify_contents: boo
         if len(offsets) != s["docs"] + 1 or int(offsets[-1]) != s["tokens"] or np.any(np.diff(offsets) < 0):
             raise DataError(f"{idx_path}: offsets do not match the manifest ({s['docs']} docs, {s['tokens']} tokens)")
     if verify_contents:
-        from concurrent.futures import ThreadPoolExecutor
         paths = [_files(root, s["name"])[0] for s in manifest["shards"]]
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
             digests = list(pool.map(file_digest, paths))
