@@ -59,7 +59,7 @@ def _integral_literals(argv):
         key, eq, value = a.partition("=")
         if key.startswith("--config.") and eq and _WHOLE_SCI.match(value):
             number = float(value)
-            if number.is_integer() and number < 1e18:
+            if number.is_integer() and number <= 2 ** 53:   # exact in a float
                 a = f"{key}={int(number)}"
         out.append(a)
     return out
