@@ -220,22 +220,28 @@ def test_causal_chunked_attention_matches_full():
                                np.asarray(qwen2._einsum_attention(q, k, v, causal)), atol=2e-6)
 
 
-@pytest.mark.parametrize("n_slots", [1, 63, 64, 100, 128])
-def test_blocked_decode_attention_matches_one_masked_pass(n_slots):
-    """Decode by blocks of written slots (online softmax) equals one masked pass over the cache,
-    with invalid (pad) slots inside the written range and garbage beyond it."""
-    from interplay_jax.model.qwen2 import blocked_decode_attention, cached_attention
-    rng = np.random.default_rng(n_slots)
-    b, h, kv, s, dh = 3, 4, 2, 128, 8
-    q = jnp.asarray(rng.normal(size=(b, 1, h, dh)), jnp.float32)
-    k = jnp.asarray(rng.normal(size=(b, kv, s, dh)) * 3, jnp.float32)
-    v = jnp.asarray(rng.normal(size=(b, kv, s, dh)), jnp.float32)
-    valid = rng.random((b, s)) > 0.3
-    valid[:, 0] = True
-    valid[1, : min(n_slots, 70)] = False           # a row whose first blocks are all padding
-    valid[1, n_slots - 1] = True
-    valid = jnp.asarray(valid)
-    got = blocked_decode_attention(q, k, v, valid, jnp.int32(n_slots))
-    mask = (valid & (jnp.arange(s) < n_slots)[None])[:, None, :]
-    want = cached_attention(q, k, v, mask)
-    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=1e-5)
+@pytest.mark.parametrize("t", [1, 3])
+def test_cached_attention_matches_reference(t):
+    """Attention over a transposed-key cache (the CPU decode's unrolled scores at T = 1, the matmul
+    otherwise) equals a plain softmax(q k^T / sqrt(Dh)) v over the unmasked slots, GQA included,
+    with invalid slots holding large garbage."""
+    from interplay_jax.model.qwen2 import cached_attention
+    rng = np.random.default_rng(t)
+    b, h, kv, s, dh = 3, 4, 2, 40, 8
+    q = rng.normal(size=(b, t, h, dh)).astype(np.float32)
+    k = (rng.normal(size=(b, kv, s, dh)) * 3).astype(np.float32)
+    v = rng.normal(size=(b, kv, s, dh)).astype(np.float32)
+    mask = rng.random((b, t, s)) > 0.3
+    mask[:, :, 0] = True
+    k[~mask.any(1)[:, None, :, None].repeat(kv, 1).repeat(dh, 3)] = 1e4   # garbage the mask must hide
+    got = cached_attention(jnp.asarray(q), jnp.asarray(k.transpose(0, 1, 3, 2)), jnp.asarray(v), jnp.asarray(mask))
+    want = np.zeros((b, t, h, dh), np.float32)
+    for bi in range(b):
+        for ti in range(t):
+            for hi in range(h):
+                ki = hi // (h // kv)
+                sc = k[bi, ki] @ q[bi, ti, hi] / np.sqrt(dh)
+                sc = np.where(mask[bi, ti], sc, -np.inf)
+                p = np.exp(sc - sc.max())
+                want[bi, ti, hi] = (p / p.sum()) @ v[bi, ki]
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-5, rtol=1e-5)

@@ -42,8 +42,10 @@ the q/k/v and gate/up kernels are concatenated at use into one matmul each (para
 the sharding rules of interplay_jax/train/sharding.py apply unchanged).
 
 KV cache (see :func:`init_cache`): a dict of plain arrays with static shapes
-``{"k": L x [B, K, S, Dh], "v": L x [B, K, S, Dh], "valid": [B, S] bool, "pos": [B] int32,
-"index": [] int32}`` (k/v are tuples of per-layer arrays). ``index`` is the next slot to write
+``{"k": L x [B, K, Dh, S], "v": L x [B, K, S, Dh], "valid": [B, S] bool, "pos": [B] int32,
+"index": [] int32}`` (k/v are tuples of per-layer arrays). Keys are stored transposed, slots last:
+the decode's score matmul q @ K then reads them in the layout matmul kernels stream best (on a 2-core
+CPU the [.., S, Dh] layout made that one matmul ~45% of a tiny-model decode step). ``index`` is the next slot to write
 (shared by the batch), ``pos`` the next RoPE position of each row (rows differ under left padding),
 ``valid`` marks written non-pad slots.
 """
@@ -298,15 +300,17 @@ def attention(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, impl: str, segment_ids_BxT=None):
     return _einsum_attention(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, mask_BxTxT)
 
 
-def cached_attention(q_BxTxHxD, k_BxKxSxD, v_BxKxSxD, mask_BxTxS):
-    """Attention of a chunk's queries over a KV cache in the [B, K, S, Dh] layout (the G query heads
-    of each KV head batched together; fp32 softmax). For decode (T = 1) on a 2-core CPU this layout is
-    ~1.8x faster than [B, S, K, Dh] at S = 512."""
+def cached_attention(q_BxTxHxD, k_BxKxDxS, v_BxKxSxD, mask_BxTxS):
+    """Attention of a chunk's queries over a KV cache (keys [B, K, Dh, S], values [B, K, S, Dh]; the
+    G query heads of each KV head batched together; fp32 softmax) in one masked pass over every slot.
+    For decode (T = 1) on a 2-core CPU the head-major layout is ~1.8x faster than [B, S, K, Dh] at
+    S = 512, and one pass beats reading only the written slots block by block (the block copies cost
+    more than the slots they skip)."""
     b, t, h, dh = q_BxTxHxD.shape
-    kv = k_BxKxSxD.shape[1]
+    kv = k_BxKxDxS.shape[1]
     g = h // kv
     q_BxKxGTxD = q_BxTxHxD.reshape(b, t, kv, g, dh).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * t, dh)
-    scores = jnp.einsum("bkqd,bksd->bkqs", q_BxKxGTxD, k_BxKxSxD, preferred_element_type=jnp.float32)
+    scores = _cache_scores(q_BxKxGTxD, k_BxKxDxS, unroll=t == 1 and jax.default_backend() == "cpu")
     s = scores.shape[-1]
     scores = scores.reshape(b, kv, g, t, s) * (1.0 / math.sqrt(dh))
     scores = jnp.where(mask_BxTxS[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
@@ -315,46 +319,15 @@ def cached_attention(q_BxTxHxD, k_BxKxSxD, v_BxKxSxD, mask_BxTxS):
     return out.reshape(b, kv, g, t, dh).transpose(0, 3, 1, 2, 4).reshape(b, t, h, dh)
 
 
-DECODE_BLOCK = 64   # cache slots per block of the CPU decode attention (cache lengths are multiples of it)
-
-
-def blocked_decode_attention(q_Bx1xHxD, k_BxKxSxD, v_BxKxSxD, valid_BxS, n_slots, block: int = DECODE_BLOCK):
-    """One query per row over only the first ``n_slots`` cache slots (a traced count: the slots written
-    so far; the rest of the cache is never read), ``block`` slots at a time with an online softmax in
-    fp32. On a 2-core CPU decoding reads ~40% fewer cache bytes on average than attending over all
-    slots (prompt bucket + every new-token slot). ``S`` must be a multiple of ``block``."""
-    b, _, h, dh = q_Bx1xHxD.shape
-    kv = k_BxKxSxD.shape[1]
-    g = h // kv
-    q_BxKxGxD = q_Bx1xHxD.reshape(b, kv, g, dh)
-    neg = jnp.finfo(jnp.float32).min
-    offsets = jnp.arange(block, dtype=jnp.int32)
-
-    def body(i, carry):
-        m_BxKxG, l_BxKxG, acc_BxKxGxD = carry
-        start = i * block
-        kb = jax.lax.dynamic_slice_in_dim(k_BxKxSxD, start, block, axis=2).astype(q_Bx1xHxD.dtype)
-        vb = jax.lax.dynamic_slice_in_dim(v_BxKxSxD, start, block, axis=2).astype(q_Bx1xHxD.dtype)
-        ok_BxN = jax.lax.dynamic_slice_in_dim(valid_BxS, start, block, axis=1) & (start + offsets < n_slots)[None]
-        s_BxKxGxN = jnp.einsum("bkgd,bknd->bkgn", q_BxKxGxD, kb, preferred_element_type=jnp.float32) / math.sqrt(dh)
-        s_BxKxGxN = jnp.where(ok_BxN[:, None, None, :], s_BxKxGxN, neg)
-        m_new = jnp.maximum(m_BxKxG, s_BxKxGxN.max(axis=-1))
-        p_BxKxGxN = jnp.exp(s_BxKxGxN - m_new[..., None])
-        corr = jnp.exp(m_BxKxG - m_new)
-        acc = acc_BxKxGxD * corr[..., None] + jnp.einsum("bkgn,bknd->bkgd", p_BxKxGxN.astype(vb.dtype), vb,
-                                                        preferred_element_type=jnp.float32)
-        return m_new, l_BxKxG * corr + p_BxKxGxN.sum(axis=-1), acc
-
-    init = (jnp.full((b, kv, g), neg, jnp.float32), jnp.zeros((b, kv, g), jnp.float32),
-            jnp.zeros((b, kv, g, dh), jnp.float32))
-    _, l_BxKxG, acc = jax.lax.fori_loop(0, (n_slots + block - 1) // block, body, init)
-    return (acc / l_BxKxG[..., None]).astype(q_Bx1xHxD.dtype).reshape(b, 1, h, dh)
-
-
-def _blocked_decode() -> bool:
-    """Decode attention by blocks of written slots on CPU (measured faster there); elsewhere one
-    masked pass over the whole cache (an accelerator reads the cache at full bandwidth in one kernel)."""
-    return jax.default_backend() == "cpu"
+def _cache_scores(q_BxKxQxD, k_BxKxDxS, unroll: bool):
+    """fp32 q . k for every cache slot: [B, K, Q, S]. ``unroll`` (one-token decode on CPU) writes it
+    as Dh multiply-adds of key rows, which XLA fuses into one pass over the keys: a tiny-model decode
+    step ran ~20% faster than with the batched matmul (a few queries per KV head are too few rows
+    for the CPU matmul kernels)."""
+    if not unroll:
+        return jnp.einsum("bkqd,bkds->bkqs", q_BxKxQxD, k_BxKxDxS, preferred_element_type=jnp.float32)
+    q32, k32 = q_BxKxQxD.astype(jnp.float32), k_BxKxDxS.astype(jnp.float32)
+    return sum(q32[:, :, :, d, None] * k32[:, :, None, d, :] for d in range(q32.shape[-1]))
 
 
 def _fuse_projections() -> bool:
@@ -395,24 +368,20 @@ class DecoderLayer(nnx.Module):
         a = attention(q, k, v, self.cfg.attention, segment_ids_BxT)
         return self._out(x_BxTxD, a), (k, v)
 
-    def decode(self, x_BxTxD, cos, sin, kv_cache, index, mask_BxTxS, valid_BxS=None):
-        """One block with a KV cache ``(k_BxKxSxD, v_BxKxSxD)``: the chunk's k/v are written at slot
-        ``index`` and the queries attend over the cache under ``mask_BxTxS``; given ``valid_BxS`` (one
-        query per row) only the written slots are read, by blocks (:func:`blocked_decode_attention`).
+    def decode(self, x_BxTxD, cos, sin, kv_cache, index, mask_BxTxS):
+        """One block with a KV cache ``(k_BxKxDxS, v_BxKxSxD)``: the chunk's k/v are written at slot
+        ``index`` and the queries attend over the cache under ``mask_BxTxS`` (:func:`cached_attention`).
         Returns (x, (k_cache, v_cache))."""
         q, k, v = self._qkv(x_BxTxD, cos, sin)
         k_cache, v_cache = kv_cache
         zero = jnp.zeros((), jnp.int32)
         index = jnp.asarray(index, jnp.int32)
-        k_cache = jax.lax.dynamic_update_slice(k_cache, k.transpose(0, 2, 1, 3).astype(k_cache.dtype),
-                                               (zero, zero, index, zero))
+        k_cache = jax.lax.dynamic_update_slice(k_cache, k.transpose(0, 2, 3, 1).astype(k_cache.dtype),
+                                               (zero, zero, zero, index))
         v_cache = jax.lax.dynamic_update_slice(v_cache, v.transpose(0, 2, 1, 3).astype(v_cache.dtype),
                                                (zero, zero, index, zero))
-        if valid_BxS is not None:
-            a = blocked_decode_attention(q, k_cache, v_cache, valid_BxS, index + 1)
-        else:
-            dt = self.cfg.compute_dtype
-            a = cached_attention(q, k_cache.astype(dt), v_cache.astype(dt), mask_BxTxS)
+        dt = self.cfg.compute_dtype
+        a = cached_attention(q, k_cache.astype(dt), v_cache.astype(dt), mask_BxTxS)
         return self._out(x_BxTxD, a), (k_cache, v_cache)
 
     def _qkv(self, x_BxTxD, cos, sin):
@@ -517,14 +486,15 @@ class Qwen2(nnx.Module):
         ``cache["index"] = L``: decoding writes slot L, L+1, ... for every row; each row's RoPE
         position continues from its own length, and the padding slots stay invalid."""
         b, length = tokens_BxL.shape
-        cache_len = -(-cache_len // DECODE_BLOCK) * DECODE_BLOCK      # whole blocks (the extra slots stay invalid)
         x_BxLxD, kvs = self.hidden_states(tokens_BxL, remat=False)
         lengths_B = jnp.asarray(lengths_B, jnp.int32)
         last_BxD = jnp.take_along_axis(x_BxLxD, (lengths_B - 1)[:, None, None], axis=1)[:, 0]
         dtype = jnp.dtype(cache_dtype or self.cfg.dtype)
-        grow = [(0, 0), (0, 0), (0, cache_len - length), (0, 0)]
-        as_cache = lambda a: jnp.pad(a.transpose(0, 2, 1, 3).astype(dtype), grow)  # noqa: E731
-        cache = dict(k=tuple(as_cache(k) for k, _ in kvs), v=tuple(as_cache(v) for _, v in kvs),
+        grow_k = [(0, 0), (0, 0), (0, 0), (0, cache_len - length)]    # keys [B, K, Dh, S]: slots last
+        grow_v = [(0, 0), (0, 0), (0, cache_len - length), (0, 0)]    # values [B, K, S, Dh]
+        as_cache = lambda a, axes, grow: jnp.pad(a.transpose(axes).astype(dtype), grow)  # noqa: E731
+        cache = dict(k=tuple(as_cache(k, (0, 2, 3, 1), grow_k) for k, _ in kvs),
+                     v=tuple(as_cache(v, (0, 2, 1, 3), grow_v) for _, v in kvs),
                      valid=jnp.arange(cache_len, dtype=jnp.int32)[None, :] < lengths_B[:, None],
                      pos=lengths_B, index=jnp.asarray(length, jnp.int32))
         return self.logits(last_BxD), cache
@@ -533,14 +503,13 @@ class Qwen2(nnx.Module):
         """Write the chunk into ``cache`` (from :func:`init_cache` or :meth:`prefill`) at slot
         ``cache_index`` (default ``cache["index"]``) and attend over every written valid slot.
         ``segment_ids_BxT`` here only marks validity (0 = pad, e.g. left padding); positions default
-        to each row's next position (``cache["pos"]`` + valid tokens before it). One-token decode on
-        CPU reads only the written slots (:func:`blocked_decode_attention`).
+        to each row's next position (``cache["pos"]`` + valid tokens before it).
         Returns (fp32 logits [B, T, V], new cache)."""
         cfg = self.cfg
         tokens_BxT = jnp.asarray(tokens_BxT, jnp.int32)
         b, t = tokens_BxT.shape
         x_BxTxD = self._embed(tokens_BxT)
-        s = cache["k"][0].shape[2]
+        s = cache["valid"].shape[1]
         index = cache["index"] if cache_index is None else jnp.asarray(cache_index, jnp.int32)
         new_valid_BxT = jnp.ones((b, t), bool) if segment_ids_BxT is None else jnp.asarray(segment_ids_BxT) != 0
         if positions_BxT is None:
@@ -549,12 +518,10 @@ class Qwen2(nnx.Module):
         valid_BxS = jax.lax.dynamic_update_slice(cache["valid"], new_valid_BxT, (jnp.zeros((), jnp.int32), index))
         q_slots_T = index + jnp.arange(t, dtype=jnp.int32)
         mask_BxTxS = valid_BxS[:, None, :] & (jnp.arange(s, dtype=jnp.int32)[None, None, :] <= q_slots_T[None, :, None])
-        blocked = t == 1 and s % DECODE_BLOCK == 0 and _blocked_decode()
         cos, sin = rope_tables(positions_BxT, cfg.head_dim, cfg.rope_theta)
         ks, vs = [], []
         for i, layer in enumerate(self.layers):
-            x_BxTxD, (k_i, v_i) = layer.decode(x_BxTxD, cos, sin, (cache["k"][i], cache["v"][i]), index, mask_BxTxS,
-                                               valid_BxS if blocked else None)
+            x_BxTxD, (k_i, v_i) = layer.decode(x_BxTxD, cos, sin, (cache["k"][i], cache["v"][i]), index, mask_BxTxS)
             ks.append(k_i)
             vs.append(v_i)
         new_cache = dict(k=tuple(ks), v=tuple(vs), valid=valid_BxS,
@@ -570,12 +537,12 @@ class Qwen2(nnx.Module):
 
 def init_cache(cfg: ModelConfig, batch_size: int, max_len: int, dtype=None) -> dict:
     """An empty KV cache (layout in the module docstring); dtype defaults to cfg.dtype. K/V are
-    tuples of per-layer arrays [B, K, S, Dh]: inside a ``lax.while_loop`` decode XLA updates each
+    tuples of per-layer arrays (keys [B, K, Dh, S], values [B, K, S, Dh]): inside a ``lax.while_loop`` decode XLA updates each
     layer in place (a stacked [L, ...] array would be re-stacked every token: ~3x slower on CPU)."""
     dtype = jnp.dtype(dtype or cfg.dtype)
-    shape = (batch_size, cfg.num_kv_heads, max_len, cfg.head_dim)
-    kv = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))  # noqa: E731
-    return dict(k=kv(), v=kv(), valid=jnp.zeros((batch_size, max_len), bool),
+    kv = lambda *shape: tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))  # noqa: E731
+    b, k, dh = batch_size, cfg.num_kv_heads, cfg.head_dim
+    return dict(k=kv(b, k, dh, max_len), v=kv(b, k, max_len, dh), valid=jnp.zeros((batch_size, max_len), bool),
                 pos=jnp.zeros((batch_size,), jnp.int32), index=jnp.zeros((), jnp.int32))
 
 

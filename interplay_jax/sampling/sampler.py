@@ -1,5 +1,4 @@
-"""KV-cache sampling: a flash-attention prefill, then decode in chunks that read only written slots
-and drop finished rows.
+"""KV-cache sampling: a flash-attention prefill, then decode in chunks that drop finished rows.
 
 Used by RL (GRPO rollouts) and evaluation (n samples per prompt).
 
@@ -10,8 +9,7 @@ Used by RL (GRPO rollouts) and evaluation (n samples per prompt).
 * Decoding runs in chunks of ``decode_chunk`` steps (0: one chunk of ``max_new_tokens``); between
   chunks the rows still running are gathered into the smallest power-of-two batch that holds them
   (at least ``min_rows``), so finished rows stop costing compute. Each batch size compiles once per
-  run. On CPU each step reads only the cache slots written so far (the model's blocked decode
-  attention).
+  run. Each step attends over the whole cache in one masked pass (``qwen2.cached_attention``).
 * Sampling: temperature, top-k, top-p (nucleus), or greedy (``temperature=0``); one uniform number
   per row and step by inverse CDF, keyed by ``fold_in(fold_in(key, step), row)``: a row's samples do
   not depend on which other rows share its batch (so chunking and compaction do not change them).
