@@ -34,6 +34,7 @@ def main():
     ap.add_argument("--torch_threads", type=int, default=0, help="0: torch default")
     ap.add_argument("--mode", choices=("sample", "greedy"), default="sample")
     ap.add_argument("--chunk", type=int, default=64, help="decode steps per chunk (0: one chunk)")
+    ap.add_argument("--cache_dtype", default=None, help="our KV cache dtype (default: the model's, fp32)")
     args = ap.parse_args()
 
     cfg = model_config(args.model)
@@ -42,11 +43,12 @@ def main():
     prompts = rng.integers(10, cfg.vocab_size, size=(args.batch, args.prompt_len)).tolist()
     total = args.batch * args.new_tokens
     print(f"mode {args.mode}, model {args.model} ({cfg.num_params() / 1e6:.2f}M params), batch {args.batch}, "
-          f"prompt {args.prompt_len}, new tokens {args.new_tokens}, backend {jax.default_backend()}")
+          f"prompt {args.prompt_len}, new tokens {args.new_tokens}, our KV cache {args.cache_dtype or cfg.dtype}, "
+          f"backend {jax.default_backend()}")
 
     # ours
     graphdef, params = nnx.split(model, nnx.Param)
-    sampler = Sampler(graphdef, cfg, pad_id=1, decode_chunk=args.chunk)
+    sampler = Sampler(graphdef, cfg, pad_id=1, decode_chunk=args.chunk, cache_dtype=args.cache_dtype)
     greedy = args.mode == "greedy"
     kw = dict(n=1, max_new_tokens=args.new_tokens, temperature=0.0 if greedy else 1.0, stop_ids=())
     t0 = time.perf_counter()
