@@ -44,10 +44,10 @@ the sharding rules of interplay_jax/train/sharding.py apply unchanged).
 KV cache (see :func:`init_cache`): a dict of plain arrays with static shapes
 ``{"k": L x [B, K, Dh, S], "v": L x [B, K, S, Dh], "valid": [B, S] bool, "pos": [B] int32,
 "index": [] int32}`` (k/v are tuples of per-layer arrays). Keys are stored transposed, slots last:
-the decode's score matmul q @ K then reads them in the layout matmul kernels stream best (on a 2-core
-CPU the [.., S, Dh] layout made that one matmul ~45% of a tiny-model decode step). ``index`` is the next slot to write
-(shared by the batch), ``pos`` the next RoPE position of each row (rows differ under left padding),
-``valid`` marks written non-pad slots.
+the decode's scores q . K then stream them slot-contiguous (on a 2-core CPU the [.., S, Dh] layout
+made that one matmul ~45% of a tiny-model decode step). ``index`` is the next slot to write (shared
+by the batch), ``pos`` the next RoPE position of each row (rows differ under left padding), ``valid``
+marks written non-pad slots.
 """
 from __future__ import annotations
 
@@ -537,8 +537,9 @@ class Qwen2(nnx.Module):
 
 def init_cache(cfg: ModelConfig, batch_size: int, max_len: int, dtype=None) -> dict:
     """An empty KV cache (layout in the module docstring); dtype defaults to cfg.dtype. K/V are
-    tuples of per-layer arrays (keys [B, K, Dh, S], values [B, K, S, Dh]): inside a ``lax.while_loop`` decode XLA updates each
-    layer in place (a stacked [L, ...] array would be re-stacked every token: ~3x slower on CPU)."""
+    tuples of per-layer arrays (keys [B, K, Dh, S], values [B, K, S, Dh]): inside a
+    ``lax.while_loop`` decode XLA updates each layer in place (a stacked [L, ...] array would be
+    re-stacked every token: ~3x slower on CPU)."""
     dtype = jnp.dtype(dtype or cfg.dtype)
     kv = lambda *shape: tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))  # noqa: E731
     b, k, dh = batch_size, cfg.num_kv_heads, cfg.head_dim
