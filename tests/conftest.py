@@ -49,3 +49,31 @@ def pretrain_cmd(workdir, tok, steps=40, *, seq_len=512, every=5, extra=()):
             f"--config.seq_len={seq_len}", "--config.batch_size=4", f"--config.total_steps={steps}",
             f"--config.ckpt_every={every}", f"--config.log_every={every}", "--config.eval_every=0",
             "--config.eval.per_bucket=0", "--config.data.buffer_docs=16", "--config.data.num_threads=0", *extra]
+
+
+def flip_array_bytes(step_dir) -> pathlib.Path:
+    """Flip 8 bytes of a checkpoint's largest array data file so that the step still reads but holds
+    other numbers: the silent corruption only the content digest catches. Returns the file.
+
+    The data is zstd-compressed, and a flip that hits a frame's control bits makes the read itself
+    fail instead; which offsets do depends on the order orbax wrote the arrays in (it varies). So the
+    flip starts at the middle of the file and moves on 4,099 bytes at a time until a restore of the
+    step gets past zstd and fails its digest."""
+    from interplay_jax import checkpoint as ck
+    step_dir = pathlib.Path(step_dir)
+    data = max((p for p in (step_dir / "state").rglob("*") if p.is_file() and "/d/" in str(p)),
+               key=lambda p: p.stat().st_size)
+    original = data.read_bytes()
+    for k in range(64):
+        start = (len(original) // 2 + k * 4099) % (len(original) - 8)
+        flipped = bytearray(original)
+        flipped[start:start + 8] = bytes(x ^ 0xFF for x in flipped[start:start + 8])
+        data.write_bytes(bytes(flipped))
+        try:
+            with ck.Checkpointer(step_dir.parent.parent) as c:
+                c.restore(int(step_dir.name))
+        except ck.CorruptCheckpoint as e:
+            if "content digest mismatch" in e.reason:
+                return data
+    data.write_bytes(original)
+    raise AssertionError(f"no 8-byte flip in {data} reads back silently")

@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import flip_array_bytes
+
 from interplay_jax import checkpoint as ck
 from interplay_jax.errors import ConfigError
 from interplay_jax.train.loop import Loop, LoopSettings
@@ -48,16 +50,6 @@ def array_files(step_dir: pathlib.Path) -> list[pathlib.Path]:
     return sorted(files, key=lambda p: -p.stat().st_size)
 
 
-def flip_bytes(step_dir):
-    """Flip 8 bytes in the middle of the largest data file: the read succeeds (no error from
-    orbax) and yields different numbers, the silent corruption only the digest catches."""
-    f = array_files(step_dir)[0]
-    b = bytearray(f.read_bytes())
-    for i in range(len(b) // 2, len(b) // 2 + 8):
-        b[i] ^= 0xFF
-    f.write_bytes(bytes(b))
-
-
 def truncate(step_dir):
     f = array_files(step_dir)[0]
     os.truncate(f, f.stat().st_size // 3)
@@ -71,7 +63,7 @@ def edit_data_state(step_dir):
 FAULTS = {   # name: (inject, reason in the one line, must restore_params (params only) fail too)
     # a flip or a cut lands in whichever arrays orbax wrote there (the order varies): the params-only
     # reader fails exactly when it reads a damaged array, and never returns wrong parameters
-    "flipped bytes": (flip_bytes, "content digest mismatch", None),
+    "flipped bytes": (flip_array_bytes, "content digest mismatch", None),
     "truncated array file": (truncate, "unreadable", None),
     "missing meta/metadata": (lambda d: (d / "meta" / "metadata").unlink(), "meta/metadata is missing", True),
     "missing digest": (lambda d: (d / "meta" / ck.DIGEST_FILE).unlink(), "digest.json is missing", True),
@@ -131,7 +123,7 @@ def test_flipped_parameter_bytes_fail_every_params_reader(tmp_path, capsys):
     with ck.Checkpointer(tmp_path) as c:
         c.save(7, {"params": params})
     ck.write_lineage(tmp_path, "pretrain", {"model": {"preset": "micro"}})
-    flip_bytes(tmp_path / "checkpoints" / "7")
+    flip_array_bytes(tmp_path / "checkpoints" / "7")
     with pytest.raises(ck.CorruptCheckpoint, match="content digest mismatch in params/embed"):
         ck.restore_params(tmp_path, target=jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params))
     assert lineage.main([str(tmp_path), "--digest"]) == 2
@@ -142,7 +134,7 @@ def test_flipped_parameter_bytes_fail_every_params_reader(tmp_path, capsys):
 def test_no_good_checkpoint_left_is_one_error(tmp_path):
     save_steps(tmp_path, (1, 2))
     truncate(tmp_path / "checkpoints" / "2")
-    flip_bytes(tmp_path / "checkpoints" / "1")
+    flip_array_bytes(tmp_path / "checkpoints" / "1")
     with ck.Checkpointer(tmp_path) as c:
         with pytest.raises(ConfigError, match=r"no good checkpoint left .*corrupt-2, corrupt-1"):
             c.restore_newest_good(target())

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import pretrain_cmd as shared_pretrain_cmd, xla_cache_env
+from conftest import flip_array_bytes, pretrain_cmd as shared_pretrain_cmd, xla_cache_env
 
 from interplay_jax import checkpoint as ck
 
@@ -55,13 +55,6 @@ def largest_array_file(step_dir):
     return max(files, key=lambda p: p.stat().st_size)
 
 
-def flip_middle(path):
-    b = bytearray(path.read_bytes())
-    for i in range(len(b) // 2, len(b) // 2 + 8):
-        b[i] ^= 0xFF
-    path.write_bytes(bytes(b))
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, tokenizer_path):
     """An uninterrupted 40-step run with checkpoints at 10, 20, 30, 40."""
@@ -89,7 +82,7 @@ def test_corrupt_newest_checkpoint_falls_back_and_ends_bit_identical(reference, 
     run_dir = copy_run(reference, tmp_path / "run")
     shutil.rmtree(run_dir / "checkpoints" / "40")
     (run_dir / "summary.json").unlink()
-    flip_middle(largest_array_file(run_dir / "checkpoints" / "30"))
+    flip_array_bytes(run_dir / "checkpoints" / "30")
     out = run(pretrain_cmd(run_dir, tokenizer_path))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     bad = [ln for ln in out.stdout.splitlines() if "unusable" in ln]
