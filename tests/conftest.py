@@ -51,6 +51,12 @@ def pretrain_cmd(workdir, tok, steps=40, *, seq_len=512, every=5, extra=()):
             "--config.eval.per_bucket=0", "--config.data.buffer_docs=16", "--config.data.num_threads=0", *extra]
 
 
+def largest_array_file(step_dir) -> pathlib.Path:
+    """The checkpoint's largest data file holding array bytes (the small ones are index nodes)."""
+    files = [p for p in (pathlib.Path(step_dir) / "state").rglob("*") if p.is_file() and "/d/" in str(p)]
+    return max(files, key=lambda p: p.stat().st_size)
+
+
 def flip_array_bytes(step_dir) -> pathlib.Path:
     """Flip 8 bytes of a checkpoint's largest array data file so that the step still reads but holds
     other numbers: the silent corruption only the content digest catches. Returns the file.
@@ -61,8 +67,7 @@ def flip_array_bytes(step_dir) -> pathlib.Path:
     step gets past zstd and fails its digest."""
     from interplay_jax import checkpoint as ck
     step_dir = pathlib.Path(step_dir)
-    data = max((p for p in (step_dir / "state").rglob("*") if p.is_file() and "/d/" in str(p)),
-               key=lambda p: p.stat().st_size)
+    data = largest_array_file(step_dir)
     original = data.read_bytes()
     for k in range(64):
         start = (len(original) // 2 + k * 4099) % (len(original) - 8)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import flip_array_bytes
+from conftest import flip_array_bytes, largest_array_file
 
 from interplay_jax import checkpoint as ck
 from interplay_jax.errors import ConfigError
@@ -44,14 +44,8 @@ def assert_tree_equal(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def array_files(step_dir: pathlib.Path) -> list[pathlib.Path]:
-    """The checkpoint's data files holding array bytes (largest first; the small ones are index nodes)."""
-    files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and "/d/" in str(p)]
-    return sorted(files, key=lambda p: -p.stat().st_size)
-
-
 def truncate(step_dir):
-    f = array_files(step_dir)[0]
+    f = largest_array_file(step_dir)
     os.truncate(f, f.stat().st_size // 3)
 
 

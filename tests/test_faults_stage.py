@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import flip_array_bytes, pretrain_cmd as shared_pretrain_cmd, xla_cache_env
+from conftest import flip_array_bytes, largest_array_file, pretrain_cmd as shared_pretrain_cmd, xla_cache_env
 
 from interplay_jax import checkpoint as ck
 
@@ -48,11 +48,6 @@ def assert_one_error_line(out, *needles):
         assert n in lines[0], lines[0]
     assert not any(n in out.stdout + out.stderr for n in NOISE), out.stdout[-2000:] + out.stderr[-2000:]
     return lines[0]
-
-
-def largest_array_file(step_dir):
-    files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and "/d/" in str(p)]
-    return max(files, key=lambda p: p.stat().st_size)
 
 
 @pytest.fixture(scope="module")
