@@ -25,3 +25,25 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """Malformed input data (e.g. a bad JSONL line: the message names file and line)."""
+
+
+INTERRUPTED_EXIT = 130
+
+
+def exit_interrupted(message: str) -> None:
+    """Print ``message`` on stderr and end the process with status 130, skipping the interpreter's
+    teardown. The stage has already saved its checkpoint and closed its files; what can still be
+    running is device work an interrupted evaluation dispatched and never waited for. Tearing the
+    runtime down under it crashed the process once (a segfault after this message, seen in CI), so
+    an interrupted run ends here instead, after multiprocessing's own exit work (data workers)."""
+    import sys
+    print(message, file=sys.stderr)
+    mp = sys.modules.get("multiprocessing.util")
+    if mp is not None and hasattr(mp, "_exit_function"):
+        mp._exit_function()        # what multiprocessing runs at exit: join workers, unlink semaphores
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(INTERRUPTED_EXIT)

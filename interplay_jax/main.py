@@ -15,7 +15,7 @@ import traceback
 from absl import app, flags
 from ml_collections import config_flags
 
-from interplay_jax.errors import VERBOSE_ENV, UserError, verbose
+from interplay_jax.errors import VERBOSE_ENV, UserError, exit_interrupted, verbose
 from interplay_jax.stages import run_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file[:preset].",
@@ -43,8 +43,7 @@ def _main(argv):
     except KeyboardInterrupt:
         if verbose():
             traceback.print_exc()
-        print("interrupted: rerun the same command to resume", file=sys.stderr)
-        sys.exit(130)
+        exit_interrupted("interrupted: rerun the same command to resume")
 
 
 _WHOLE_SCI = re.compile(r"^[+]?\d+(\.\d+)?[eE]\+?\d+$")

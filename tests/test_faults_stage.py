@@ -215,3 +215,31 @@ def test_truncated_jsonl_shard_stops_before_training(tokenizer_path, tmp_path):
                                                           f"--config.data.data_dir={data}")))
     assert_one_error_line(out, f"{shard}: ", "truncated or changed")
     assert not ck.complete_steps(run_dir)
+
+
+def test_exit_interrupted_flushes_joins_workers_and_skips_teardown(tmp_path):
+    """The interrupted exit: its one line and everything printed before it (buffered, as in a pipe)
+    come out, a multiprocessing worker is stopped and its semaphore unlinked (no resource-tracker
+    warning), the status is 130, and the interpreter's teardown (an atexit hook here) never runs."""
+    script = tmp_path / "interrupted.py"
+    script.write_text(
+        "import atexit, multiprocessing as mp, sys, time\n"
+        "from interplay_jax.errors import exit_interrupted\n"
+        "def idle():\n"
+        "    time.sleep(60)\n"
+        "if __name__ == '__main__':\n"
+        "    ctx = mp.get_context('spawn')\n"
+        "    lock = ctx.Lock()\n"
+        "    worker = ctx.Process(target=idle, daemon=True)\n"
+        "    worker.start()\n"
+        "    atexit.register(lambda: print('TEARDOWN', flush=True))\n"
+        "    print('step 10 saved')\n"
+        "    exit_interrupted('interrupted: rerun the same command to resume')\n")
+    env = {k: v for k, v in ENV.items() if k != "PYTHONUNBUFFERED"}
+    t0 = time.time()
+    out = subprocess.run([sys.executable, str(script)], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 130, out.stderr[-2000:]
+    assert out.stdout.splitlines() == ["step 10 saved"], out.stdout
+    assert out.stderr.splitlines() == ["interrupted: rerun the same command to resume"], out.stderr
+    assert time.time() - t0 < 50          # the sleeping worker was terminated, not waited for

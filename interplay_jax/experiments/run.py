@@ -12,7 +12,7 @@ import pathlib
 import sys
 import time
 
-from interplay_jax.errors import UserError
+from interplay_jax.errors import INTERRUPTED_EXIT, UserError, exit_interrupted
 from interplay_jax.experiments import dag
 from interplay_jax.stages import run_config
 
@@ -71,8 +71,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:      # SIGINT / SIGTERM: the stage saved its checkpoint
-        print(f"interrupted ({e or 'signal'}): rerun the same command to resume", file=sys.stderr)
-        return 130
+        exit_interrupted(f"interrupted ({e or 'signal'}): rerun the same command to resume")
+        return INTERRUPTED_EXIT     # (not reached)
 
 
 if __name__ == "__main__":
