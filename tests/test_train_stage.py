@@ -56,6 +56,7 @@ def test_kill9_resume_is_bit_identical(tmp_path, tokenizer_path):
             if p.poll() is None:
                 p.kill()
     assert a.returncode == 0, out_a[-3000:]
+    assert "resource_tracker" not in out_a, out_a[-3000:]   # no shared memory left behind by the workers
     assert b.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     steps_at_kill = ck.complete_steps(killed)
     assert steps_at_kill and steps_at_kill[-1] < 40
