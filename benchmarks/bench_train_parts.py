@@ -1,6 +1,6 @@
 """Where the CPU train step loses to PyTorch: one layer's parts, forward + backward, JAX vs torch.
 
-    python benchmarks/bench_train_parts.py [--preset small --batch 4 --seq 512 --repeats 7]
+    python benchmarks/bench_train_parts.py [--preset small --batch 4 --seq 512 --repeats 7] [--depth]
 
 Parts (fp32, the preset's shapes, loss = sum of squares of the output):
 * attention: our causal attention as the train step runs it on CPU (``qwen2.attention(..., "einsum")``:
@@ -9,6 +9,11 @@ Parts (fp32, the preset's shapes, loss = sum of squares of the output):
 * mlp: the SwiGLU MLP as our layer computes it (fused gate/up matmul on CPU) vs the same in torch;
 * matmuls: the MLP's up and down matmuls alone (no activation), i.e. the matmul kernels themselves.
 Medians of ``--repeats`` interleaved calls, milliseconds per layer; run on an otherwise idle machine.
+
+``--depth``: the whole train step instead (``bench_train_vs_torch``'s two sides, AdamW included) at 1
+and at the preset's number of layers, in alternating rounds; the difference splits each side's step into
+"per layer" (as composed in the whole step) and "outside the layers" (embedding, final norm,
+vocabulary projection, loss, optimizer).
 """
 from __future__ import annotations
 
@@ -32,13 +37,45 @@ def _median_ms(fn, repeats):
     return float(np.median(ts)) * 1e3
 
 
+def depth_split(preset: str, batch: int, seq: int, rounds: int) -> None:
+    """The whole step at 1 and L layers, both sides, alternating rounds of 2 steps (see --depth)."""
+    import sys
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from bench_train_vs_torch import make_jax_step, make_torch_step
+
+    depth = qwen2.model_config(preset).num_layers
+    steps = {}
+    for n in (1, depth):
+        cfg = qwen2.model_config(preset, num_layers=n)
+        steps[("JAX", n)] = make_jax_step(cfg, batch, seq)[0]
+        steps[("torch", n)] = make_torch_step(cfg, batch, seq)
+    times = {k: [] for k in steps}
+    for r in range(rounds):
+        for k in (list(steps) if r % 2 == 0 else list(steps)[::-1]):
+            steps[k]()
+            t = time.perf_counter()
+            steps[k]()
+            steps[k]()
+            times[k].append((time.perf_counter() - t) / 2 * 1e3)
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    print(f"preset {preset}: batch {batch} x seq {seq}, whole train step at 1 and {depth} layers "
+          f"(medians of {rounds} alternating rounds)")
+    for side in ("JAX", "torch"):
+        per = (med[(side, depth)] - med[(side, 1)]) / (depth - 1)
+        print(f"{side:6s} 1 layer {med[(side, 1)]:7.1f} ms, {depth} layers {med[(side, depth)]:7.1f} ms: "
+              f"per layer {per:6.1f} ms, outside the layers {med[(side, 1)] - per:6.1f} ms")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="small")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--depth", action="store_true", help="split the whole step by depth (see the docstring)")
     a = ap.parse_args()
+    if a.depth:
+        return depth_split(a.preset, a.batch, a.seq, max(a.repeats, 2))
     import torch
 
     cfg = qwen2.model_config(a.preset)

@@ -33,7 +33,7 @@
 #   PY=.venv/bin/python JAX_PLATFORMS=cpu SCALE=mini OUT=/tmp/e1_smoke ROOT=/tmp/e1_smoke_runs DEADLINE=1500 \
 #   LIMIT_PRETRAIN=600 LIMIT_RL=600 LIMIT_EVAL=600 PARALLEL=2 SEED_DIR= PRETRAIN_STEPS=4 RL_STEPS=2 RL_MICRO=0 \
 #   EDGE_OPS=2-3 EDGE_PER_OP=1 EDGE_N=2 EVAL_OPS=2,3,12 EVAL_PER_OP=1 EVAL_N=2 EVAL_MAX_NEW=32 EVAL_BATCH=4 \
-#   OVERRIDES="@pretrain.model.preset=micro @pretrain.model.dtype=float32 @pretrain.batch_size=4 \
+#   OVERRIDES="@pretrain.model.preset=micro @pretrain.model.dtype=float32 @pretrain.batch_size=4 @pretrain.per_device_batch=0 \
 #     @pretrain.seq_len=512 @pretrain.eval.per_bucket=2 @pretrain.eval.batch_size=2 @rl.rl.num_prompts=2 \
 #     @rl.rl.n=2 @rl.rl.max_response_len=32 @rl.rl.num_minibatches=1 rl_edge.data.edge.max_new_tokens=32 \
 #     tokenizer.num_docs=300" bash benchmarks/gpu_e1_mini.sh

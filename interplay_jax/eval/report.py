@@ -48,6 +48,7 @@ Pure Python + numpy + matplotlib (Agg).
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 from collections import defaultdict
 from typing import Mapping, Sequence
@@ -188,7 +189,7 @@ def combine(summaries: Mapping[str, dict], paired: Mapping | None = None) -> dic
 
 def write_json(path, obj) -> None:
     path = pathlib.Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")     # (processes may write side by side)
     tmp.write_text(json.dumps(obj, indent=1, sort_keys=False))
     tmp.replace(path)
 

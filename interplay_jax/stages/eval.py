@@ -63,18 +63,27 @@ def _names(config, paths) -> list[str]:
 
 
 def run(config) -> dict:
+    """Evaluate every checkpoint of ``config.checkpoints`` into ``WORKDIR/<name>/``.
+
+    One process per checkpoint output (``samples.jsonl`` is appended to and resumed from), not per
+    workdir: evaluations of different checkpoints into one workdir may run side by side, as the
+    experiment runner does (one process per checkpoint, benchmarks/run_experiment.py); each writes the
+    combined report of its own checkpoints."""
     quiet_logs()
     workdir = pathlib.Path(config.workdir)
-    lock = ck.lock_workdir(workdir, "eval run")        # one process per workdir
-    try:
-        return _run(config, workdir)
-    finally:
-        lock.release()
-
-
-def _run(config, workdir: pathlib.Path) -> dict:
     paths = parse_list(config.checkpoints)
     names = _names(config, paths)
+    locks = []
+    try:
+        for n in names:
+            locks.append(ck.lock_workdir(workdir / n, "eval run"))
+        return _run(config, workdir, paths, names)
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def _run(config, workdir: pathlib.Path, paths: list[str], names: list[str]) -> dict:
     overrides = {"dtype": config.model_dtype} if str(config.get("model_dtype", "")) else {}
     step = None if int(config.get("step", -1)) < 0 else int(config.step)
     loaded = [load_policy(p, tokenizer=str(config.tokenizer) or None, name=n, step=step, **overrides)
@@ -86,8 +95,7 @@ def _run(config, workdir: pathlib.Path) -> dict:
     items = build_items(config)
     buckets = parse_buckets(config.buckets)
     s = config.sampling
-    (workdir / "eval_items.json").write_text(json.dumps(
-        {"n_items": len(items), "ids": [it["id"] for it in items]}))
+    report.write_json(workdir / "eval_items.json", {"n_items": len(items), "ids": [it["id"] for it in items]})
     summaries, timings = {}, {}
     texts = example_texts(config, items)
     for ld in loaded:
