@@ -16,7 +16,7 @@
 # CPU smoke test (~5 min on a loaded 2-core machine):
 #   PY=.venv/bin/python OUT=/tmp/sweep_smoke MINUTES=0.1 POINTS=d12_lr2e-3,w512_lr2e-3 PARALLEL=2 \
 #   EVAL_OPS=2,12 EVAL_PER_OP=1 EVAL_N=2 EVAL_MAX_NEW=32 EVAL_BATCH=2 PROBE_STEPS=2 \
-#   DATA_SET="data.num_threads=0 model.dtype=float32 batch_size=2 seq_len=512 eval.per_bucket=2 eval.batch_size=2" \
+#   DATA_SET="data.num_threads=0 model.dtype=float32 batch_size=2 per_device_batch=0 seq_len=512 eval.per_bucket=2 eval.batch_size=2" \
 #   bash benchmarks/gpu_sweep_mini.sh
 set -u
 cd "$(dirname "$0")/.."
