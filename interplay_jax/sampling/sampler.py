@@ -98,11 +98,33 @@ def sample_token(logits_BxV, keys_B, *, temperature: float, top_k: int = 0, top_
     threefry generator dominated the step)."""
     if temperature == 0.0:
         return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
-    probs_BxV = jax.nn.softmax(filter_logits(logits_BxV / temperature, top_k=top_k, top_p=top_p), axis=-1)
-    cdf_BxV = jnp.cumsum(probs_BxV, axis=-1)
-    u_B = jax.vmap(lambda k: jax.random.uniform(k, ()))(keys_B) * cdf_BxV[:, -1]
-    tok_B = jnp.sum(cdf_BxV < u_B[:, None], axis=-1)
-    return jnp.minimum(tok_B, logits_BxV.shape[-1] - 1).astype(jnp.int32)
+    u_B = jax.vmap(lambda k: jax.random.uniform(k, ()))(keys_B)
+    return inverse_cdf(filter_logits(logits_BxV / temperature, top_k=top_k, top_p=top_p), u_B)
+
+
+def inverse_cdf(logits_BxV, u_B):
+    """The token of each row whose cumulative (unnormalised) probability first exceeds ``u`` times the
+    row's total, for ``u`` in [0, 1): a draw from softmax(logits) per uniform number.
+
+    In two levels: the vocabulary in ~sqrt(V) blocks, the cumulative sum of the block sums picks the
+    block that holds the threshold, then a cumulative sum inside that block alone. A cumulative sum
+    over the whole vocabulary cost ~3x more on CPU (620 vs 187 µs for 32 x 2,200; ~7% of a tiny-model
+    decode step)."""
+    b, v = logits_BxV.shape
+    size = -(-v // max(1, math.isqrt(v)))                  # tokens per block
+    blocks = -(-v // size)
+    x = logits_BxV.astype(jnp.float32)
+    e_BxV = jnp.exp(x - jnp.max(x, axis=-1, keepdims=True))
+    e_BxNxS = jnp.pad(e_BxV, ((0, 0), (0, blocks * size - v))).reshape(b, blocks, size)
+    sums_BxN = e_BxNxS.sum(axis=-1)
+    cum_BxN = jnp.cumsum(sums_BxN, axis=-1)
+    t_B = u_B.astype(jnp.float32) * cum_BxN[:, -1]
+    blk_B = jnp.minimum(jnp.sum(cum_BxN < t_B[:, None], axis=-1), blocks - 1)
+    take = lambda a: jnp.take_along_axis(a, blk_B[:, None], axis=1)[:, 0]  # noqa: E731
+    before_B = take(cum_BxN) - take(sums_BxN)
+    row_BxS = jnp.take_along_axis(e_BxNxS, blk_B[:, None, None], axis=1)[:, 0]
+    within_B = jnp.sum(before_B[:, None] + jnp.cumsum(row_BxS, axis=-1) < t_B[:, None], axis=-1)
+    return jnp.minimum(blk_B * size + within_B, v - 1).astype(jnp.int32)
 
 
 def _prefill(graphdef, cache_dtype, on_trace, params, tokens_PxL, lengths_P, done0_P, *, n, max_new_tokens,
