@@ -349,7 +349,12 @@ def main(argv=None) -> int:
             print(f"{n:<14} {'(default) ' if n in DEFAULT_POINTS else ''}{point_spec(n)}")
         return 0
     if a.mode == "point":
-        return run_point(a)
+        from interplay_jax.errors import UserError
+        try:
+            return run_point(a)
+        except UserError as e:           # a bad point or --set: one line in the table, not a traceback
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     if a.mode == "recipe":
         return recipe(a)
     return run_sweep(a)
