@@ -79,8 +79,8 @@ def token_nll(params, graphdef, batch, document_mask: bool = False):
         x_BxTxD, _ = model.hidden_states(tokens_BxT, positions_BxT=batch.get("positions"), segment_ids_BxT=seg_BxT)
     else:
         x_BxTxD, _ = model.hidden_states(tokens_BxT)
-    # The last position predicts nothing: drop it before the vocabulary projection, not after (a slice
-    # of [B, T, V] logits and its padded gradient cost ~4% of a tiny CPU step).
+    # The last position predicts nothing: drop it before the vocabulary projection, not after (no
+    # sliced copy of the [B, T, V] logits, the largest activation, and no padded gradient for it).
     logits_BxT1xV = model.logits(x_BxTxD[:, :-1])
     counted_BxT1 = (seg_BxT[:, 1:] != 0) & (seg_BxT[:, 1:] == seg_BxT[:, :-1])
     nll_BxT1 = optax.softmax_cross_entropy_with_integer_labels(logits_BxT1xV.astype(jnp.float32), tokens_BxT[:, 1:])
