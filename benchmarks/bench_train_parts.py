@@ -18,6 +18,8 @@ vocabulary projection, loss, optimizer).
 from __future__ import annotations
 
 import argparse
+import pathlib
+import sys
 import time
 
 import jax
@@ -39,8 +41,7 @@ def _median_ms(fn, repeats):
 
 def depth_split(preset: str, batch: int, seq: int, rounds: int) -> None:
     """The whole step at 1 and L layers, both sides, alternating rounds of 2 steps (see --depth)."""
-    import sys
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    sys.path.insert(0, str(pathlib.Path(__file__).parent))
     from bench_train_vs_torch import make_jax_step, make_torch_step
 
     depth = qwen2.model_config(preset).num_layers

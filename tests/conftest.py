@@ -1,4 +1,7 @@
+import contextlib
+import os
 import pathlib
+import subprocess
 import sys
 
 import pytest
@@ -82,3 +85,27 @@ def flip_array_bytes(step_dir) -> pathlib.Path:
                 return data
     data.write_bytes(original)
     raise AssertionError(f"no 8-byte flip in {data} reads back silently")
+
+
+_HOLDER = """
+import sys, time
+from interplay_jax import checkpoint as ck
+ck.lock_workdir(sys.argv[1], sys.argv[2])
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(workdir, what: str = "test run"):
+    """Another process holds ``workdir``'s lock (as ``what``) inside the block; yields its pid and
+    SIGKILLs it at the end (no cleanup runs: the kernel drops the lock)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(workdir), what], stdout=subprocess.PIPE,
+                              text=True, cwd=REPO, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        yield holder.pid
+    finally:
+        holder.kill()
+        holder.wait()

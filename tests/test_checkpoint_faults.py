@@ -10,20 +10,18 @@ import pathlib
 import signal
 import subprocess
 import sys
-import textwrap
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import flip_array_bytes, largest_array_file
+from conftest import flip_array_bytes, largest_array_file, lock_held_elsewhere
 
 from interplay_jax import checkpoint as ck
 from interplay_jax.errors import ConfigError
 from interplay_jax.train.loop import Loop, LoopSettings
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def state_at(step):
@@ -241,26 +239,10 @@ def test_sigterm_during_eval_abandons_it_saves_and_resumes_exactly(tmp_path):
     np.testing.assert_array_equal(np.asarray(res2.state["w"]), np.asarray(ref.state["w"]))
 
 
-HOLDER = textwrap.dedent("""
-    import sys, time
-    from interplay_jax import checkpoint as ck
-    ck.lock_workdir(sys.argv[1], "test run")
-    print("locked", flush=True)
-    time.sleep(120)
-""")
-
-
 def test_one_run_per_workdir_and_a_killed_runs_lock_is_taken_over(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True,
-                              cwd=REPO, env=env)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(ConfigError, match=rf"{tmp_path} is in use by another test run \(pid {holder.pid} on "):
+    with lock_held_elsewhere(tmp_path) as pid:     # SIGKILLed at the end: no cleanup runs
+        with pytest.raises(ConfigError, match=rf"{tmp_path} is in use by another test run \(pid {pid} on "):
             ck.lock_workdir(tmp_path)
-    finally:
-        holder.kill()                             # SIGKILL: no cleanup runs
-        holder.wait()
     lock = ck.lock_workdir(tmp_path, "second run")    # the kernel dropped the dead process's lock
     assert json.loads((tmp_path / ck.LOCK_FILE).read_text())["pid"] == os.getpid()
     again = ck.lock_workdir(tmp_path)                  # reentrant within one process

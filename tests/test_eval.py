@@ -2,7 +2,6 @@
 import itertools
 import json
 import math
-import pathlib
 
 import numpy as np
 import pytest
@@ -214,34 +213,16 @@ def test_evals_of_different_checkpoints_share_a_workdir_but_not_a_checkpoint(mic
     """The experiment runner evaluates each checkpoint in its own process, into one workdir: another
     process evaluating "base" there does not stop an evaluation of "rl", but a second one of "base" is
     one ConfigError line."""
-    import os
-    import subprocess
-    import sys
-    import textwrap
+    from conftest import lock_held_elsewhere
 
     from interplay_jax.main import run_config
 
-    repo = pathlib.Path(__file__).resolve().parents[1]
-    holder_code = textwrap.dedent("""
-        import sys, time
-        from interplay_jax import checkpoint as ck
-        ck.lock_workdir(sys.argv[1], "eval run")
-        print("locked", flush=True)
-        time.sleep(120)
-    """)
-    env = {**os.environ, "PYTHONPATH": str(repo), "JAX_PLATFORMS": "cpu"}
-    holder = subprocess.Popen([sys.executable, "-c", holder_code, str(tmp_path / "base")], stdout=subprocess.PIPE,
-                              text=True, cwd=repo, env=env)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with lock_held_elsewhere(tmp_path / "base", "eval run") as pid:
         out = run_config(_eval_config([micro_hf], tmp_path, names="rl"))
         assert (tmp_path / "rl" / "results.json").is_file() and set(out["summaries"]) == {"rl"}
-        with pytest.raises(ConfigError, match=rf"{tmp_path / 'base'} is in use by another eval run \(pid {holder.pid} "):
+        with pytest.raises(ConfigError, match=rf"{tmp_path / 'base'} is in use by another eval run \(pid {pid} "):
             run_config(_eval_config([micro_hf, micro_hf], tmp_path, names="rl,base"))
         assert not (tmp_path / "base" / "samples.jsonl").exists()
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_missing_or_wrong_shape_checkpoint_is_one_config_error(micro_hf, tmp_path, reference_dir):
