@@ -6,7 +6,6 @@ under the same faults are in test_faults_stage.py."""
 import errno
 import json
 import os
-import pathlib
 import signal
 import subprocess
 import sys
