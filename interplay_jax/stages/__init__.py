@@ -2,8 +2,8 @@
 
 Each stage module has ``validate(config, check_files=True)`` (everything checkable before any
 compute; one ConfigError line) and ``run(config)``. ``pretrain`` and ``midtrain`` share one runner.
-``run_config`` first sets glibc's malloc up for XLA:CPU's train steps where JAX will run on the CPU
-(pre- and mid-training; ``stages/host_memory.py``) and turns on the persistent compilation cache (``stages/compile_cache.py``).
+``run_config`` first sets glibc's malloc up for XLA:CPU where JAX will run on the CPU
+(``stages/host_memory.py``) and turns on the persistent compilation cache (``stages/compile_cache.py``).
 """
 from __future__ import annotations
 
@@ -31,8 +31,7 @@ def run_config(config):
     whatever the stage returns (a line after the stage says what the cache saved)."""
     validate(config)
     from interplay_jax.stages import compile_cache, host_memory  # import JAX: not at package import
-    if config.stage in host_memory.STAGES:
-        host_memory.keep_freed_memory()                # before the backend starts its threads
+    host_memory.keep_freed_memory()                    # before the backend starts its threads
     path = compile_cache.enable(config)
     before = compile_cache.stats()
     out = stage_module(config.stage).run(config)

@@ -10,14 +10,11 @@ first steps there are no page faults at all.
 
 :func:`keep_freed_memory` sets that (``mallopt``) when JAX will run on the CPU. It must run before
 the backend starts its threads (a thread keeps the arena it first used), which is why
-``stages.run_config`` calls it first, for the training stages (:data:`STAGES`) only: the sampler's
-decode ran ~6% slower with one arena (``benchmarks/bench_rollout.py`` under ``MALLOC_ARENA_MAX=1``;
-the other two settings alone cost nothing there), so the RL and eval stages keep glibc's defaults.
-It leaves glibc alone on other platforms, when an accelerator plugin or TPU device is present, when
-the backend is already up, when the environment already sets malloc options (``MALLOC_*``,
-``GLIBC_TUNABLES``), and with ``INTERPLAY_HOST_MALLOC=off``. The cost: freed host memory stays
-with the process (up to the trim threshold at the top of the heap), so a CPU run's resident size
-stays near its peak.
+``stages.run_config`` calls it first. It leaves glibc alone on other platforms, when an accelerator
+plugin or TPU device is present, when the backend is already up, when the environment already sets
+malloc options (``MALLOC_*``, ``GLIBC_TUNABLES``), and with ``INTERPLAY_HOST_MALLOC=off``.
+The cost: freed host memory stays with the process (up to the trim threshold at the top of the
+heap), so a CPU run's resident size stays near its peak.
 """
 from __future__ import annotations
 
@@ -27,7 +24,6 @@ import importlib.metadata
 import os
 import sys
 
-STAGES = ("pretrain", "midtrain")     # the stages whose time is train steps
 ENV_SWITCH = "INTERPLAY_HOST_MALLOC"
 OFF_WORDS = ("off", "0", "false", "no", "none")
 # glibc mallopt parameters (malloc.h)
