@@ -10,9 +10,6 @@ when available, else an inline optax step). PyTorch: eager ``Qwen2ForCausalLM`` 
 ``torch.optim.AdamW``. Model FLOPs per token = 6 * matmul params + 6 * L * H * Dh * T (causal
 attention, see ModelConfig.flops_per_token); MFU divides by the measured fp32 matmul peak of the
 JAX CPU backend (stated in the output).
-
-Both sides run with the glibc malloc settings our CPU runs use (``stages/host_memory.py``: XLA's
-per-step temporaries stay mapped); ``--stock-malloc`` leaves glibc's defaults, to measure that.
 """
 from __future__ import annotations
 
@@ -30,7 +27,6 @@ import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from interplay_jax.model import forward, init_model, model_config  # noqa: E402
-from interplay_jax.stages import host_memory  # noqa: E402
 
 DEFAULT_SHAPES = {  # preset -> (batch, seq, steps)
     "micro": (8, 512, 10),
@@ -156,10 +152,7 @@ def main():
     ap.add_argument("--inline", action="store_true", help="use the inline optax step, not lm_step")
     ap.add_argument("--round", type=int, default=3, help="steps of one side before switching to the other")
     ap.add_argument("--settle", type=float, default=1.0, help="seconds of pause before each round")
-    ap.add_argument("--stock-malloc", action="store_true",
-                    help="glibc's default malloc settings, not stages/host_memory.py's (before any JAX work)")
     args = ap.parse_args()
-    tuned = False if args.stock_malloc else host_memory.keep_freed_memory()
     threads = os.cpu_count()
     try:
         import torch
@@ -168,7 +161,7 @@ def main():
     except ImportError:
         pass
     print(f"JAX {jax.__version__} backend={jax.default_backend()} cpus={threads} "
-          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r} host malloc {'tuned' if tuned else 'stock'}")
+          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
     if args.peak_gflops:
         peak = args.peak_gflops * 1e9
         print(f"MFU peak = {args.peak_gflops:.1f} GFLOP/s (given)")

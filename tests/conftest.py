@@ -6,11 +6,6 @@ import sys
 
 import pytest
 
-from interplay_jax.stages import host_memory
-
-# The malloc settings of our CPU runs (stages/host_memory.py), set before any test starts a backend.
-host_memory.keep_freed_memory()
-
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 REFERENCE = SHARED / "reference"

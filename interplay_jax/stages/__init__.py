@@ -2,8 +2,7 @@
 
 Each stage module has ``validate(config, check_files=True)`` (everything checkable before any
 compute; one ConfigError line) and ``run(config)``. ``pretrain`` and ``midtrain`` share one runner.
-``run_config`` first sets glibc's malloc up for XLA:CPU where JAX will run on the CPU
-(``stages/host_memory.py``) and turns on the persistent compilation cache (``stages/compile_cache.py``).
+``run_config`` turns on the persistent compilation cache first (``stages/compile_cache.py``).
 """
 from __future__ import annotations
 
@@ -30,8 +29,7 @@ def run_config(config):
     """Validate ``config``, turn on the persistent compilation cache and run the stage; returns
     whatever the stage returns (a line after the stage says what the cache saved)."""
     validate(config)
-    from interplay_jax.stages import compile_cache, host_memory  # import JAX: not at package import
-    host_memory.keep_freed_memory()                    # before the backend starts its threads
+    from interplay_jax.stages import compile_cache     # imports JAX: not at package import
     path = compile_cache.enable(config)
     before = compile_cache.stats()
     out = stage_module(config.stage).run(config)
