@@ -14,6 +14,15 @@ Medians of ``--repeats`` interleaved calls, milliseconds per layer; run on an ot
 and at the preset's number of layers, in alternating rounds; the difference splits each side's step into
 "per layer" (as composed in the whole step) and "outside the layers" (embedding, final norm,
 vocabulary projection, loss, optimizer).
+
+``--layer``: one whole decoder layer, forward + backward (gradients of its parameters and input; loss =
+sum of squares of its output): our ``DecoderLayer`` vs transformers' ``Qwen2DecoderLayer`` (sdpa),
+and ours with the attention core replaced by an elementwise stand-in (q + k * v, heads repeated), which
+splits our layer into "attention core as composed in the layer" and "the rest".
+
+``--gemm``: the layer's matmuls at the preset's shapes (M = batch x seq rows), each in its three
+training forms: forward ``x @ W``, input gradient ``dy @ W.T``, weight gradient ``x.T @ dy``; one
+jitted call per product (a few tens of microseconds of dispatch included) vs torch's ``@``.
 """
 from __future__ import annotations
 
@@ -67,6 +76,96 @@ def depth_split(preset: str, batch: int, seq: int, rounds: int) -> None:
               f"per layer {per:6.1f} ms, outside the layers {med[(side, 1)] - per:6.1f} ms")
 
 
+def _alternating(fns: dict, rounds: int) -> dict:
+    """Median ms of two calls per round, the sides in alternating order each round (order biases)."""
+    times = {k: [] for k in fns}
+    for r in range(rounds):
+        for k in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+            fns[k]()
+            t = time.perf_counter()
+            fns[k]()
+            fns[k]()
+            times[k].append((time.perf_counter() - t) / 2 * 1e3)
+            time.sleep(0.3)  # torch's idle threads spin for a while after its last op
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def layer_split(preset: str, batch: int, seq: int, rounds: int) -> None:
+    """See ``--layer`` in the docstring."""
+    import torch
+    import transformers
+    from flax import nnx
+    from transformers.models.qwen2 import modeling_qwen2
+
+    cfg = qwen2.model_config(preset, num_layers=1)
+    x = jnp.asarray(np.random.RandomState(0).randn(batch, seq, cfg.hidden_size).astype(np.float32))
+    cos, sin = qwen2.rope_tables(jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq)),
+                                 cfg.head_dim, cfg.rope_theta)
+    graphdef, state = nnx.split(qwen2.DecoderLayer(cfg, rngs=nnx.Rngs(0)))
+
+    def jax_layer(stand_in: bool):
+        real = qwen2.attention
+        if stand_in:  # traced once below, with the stand-in in place
+            qwen2.attention = lambda q, k, v, impl, seg=None: q + jnp.repeat(k * v, q.shape[2] // k.shape[2], 2)
+        try:
+            grad = jax.jit(jax.grad(lambda st, x: jnp.sum(nnx.merge(graphdef, st)(x, cos, sin)[0] ** 2),
+                                    argnums=(0, 1)))
+            jax.block_until_ready(grad(state, x))
+        finally:
+            qwen2.attention = real
+        return lambda: jax.block_until_ready(grad(state, x))
+
+    hf_cfg = transformers.Qwen2Config(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=1, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
+        head_dim=cfg.head_dim, rope_theta=cfg.rope_theta, rms_norm_eps=cfg.rms_norm_eps, use_cache=False)
+    hf_cfg._attn_implementation = "sdpa"
+    layer = modeling_qwen2.Qwen2DecoderLayer(hf_cfg, 0).train()
+    xt = torch.tensor(np.asarray(x), requires_grad=True)
+    pos = modeling_qwen2.Qwen2RotaryEmbedding(hf_cfg)(xt, torch.arange(seq)[None].expand(batch, seq))
+
+    def torch_layer():
+        out = layer(xt, attention_mask=None, position_ids=None, position_embeddings=pos)
+        (out[0] if isinstance(out, tuple) else out).pow(2).sum().backward()
+        layer.zero_grad(set_to_none=True)
+        xt.grad = None
+
+    med = _alternating({"JAX layer": jax_layer(False), "JAX, attention core -> stand-in": jax_layer(True),
+                        "torch layer": torch_layer}, rounds)
+    print(f"preset {preset}: one decoder layer, batch {batch} x seq {seq}, forward + backward, fp32 "
+          f"(medians of {rounds} alternating rounds)")
+    for k, v in med.items():
+        print(f"{k:34s} {v:7.1f} ms")
+    core = med["JAX layer"] - med["JAX, attention core -> stand-in"]
+    print(f"JAX attention core as composed: {core:.1f} ms; the rest of the layer: "
+          f"{med['JAX, attention core -> stand-in']:.1f} ms")
+
+
+def gemm_forms(preset: str, batch: int, seq: int, repeats: int) -> None:
+    """See ``--gemm`` in the docstring."""
+    import torch
+
+    cfg = qwen2.model_config(preset)
+    d, f, dh = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
+    m = batch * seq
+    shapes = {"q/k/v": (d, (cfg.num_heads + 2 * cfg.num_kv_heads) * dh), "o": (cfg.num_heads * dh, d),
+              "gate/up": (d, 2 * f), "down": (f, d)}
+    forms = {"forward x @ W": (jax.jit(lambda x, w, dy: x @ w), lambda x, w, dy: x @ w),
+             "input grad dy @ W.T": (jax.jit(lambda x, w, dy: dy @ w.T), lambda x, w, dy: dy @ w.T),
+             "weight grad x.T @ dy": (jax.jit(lambda x, w, dy: x.T @ dy), lambda x, w, dy: x.T @ dy)}
+    rng = np.random.default_rng(0)
+    print(f"preset {preset}: matmuls at M = {m} rows, fp32, medians of {repeats} calls "
+          f"(torch {torch.__version__}, {torch.get_num_threads()} threads)")
+    for name, (k, n) in shapes.items():
+        arrays = [rng.normal(size=s).astype(np.float32) for s in ((m, k), (k, n), (m, n))]
+        ja, ta = [jnp.asarray(a) for a in arrays], [torch.tensor(a) for a in arrays]
+        for form, (jf, tf) in forms.items():
+            ours = _median_ms(lambda: jax.block_until_ready(jf(*ja)), repeats)
+            theirs = _median_ms(lambda: tf(*ta), repeats)
+            print(f"{name:8s} [{k} x {n}] {form:22s} JAX {ours:6.2f} ms  torch {theirs:6.2f} ms  "
+                  f"(JAX / torch time {ours / theirs:.2f}; JAX {2 * m * k * n / ours / 1e6:5.0f} GFLOP/s)")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="small")
@@ -74,9 +173,15 @@ def main():
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--depth", action="store_true", help="split the whole step by depth (see the docstring)")
+    ap.add_argument("--layer", action="store_true", help="one whole layer vs transformers' (see the docstring)")
+    ap.add_argument("--gemm", action="store_true", help="the layer's matmuls in their three forms")
     a = ap.parse_args()
     if a.depth:
         return depth_split(a.preset, a.batch, a.seq, max(a.repeats, 2))
+    if a.layer:
+        return layer_split(a.preset, a.batch, a.seq, max(a.repeats, 2))
+    if a.gemm:
+        return gemm_forms(a.preset, a.batch, a.seq, max(a.repeats, 10))
     import torch
 
     cfg = qwen2.model_config(a.preset)

@@ -245,3 +245,47 @@ def test_cached_attention_matches_reference(t):
                 p = np.exp(sc - sc.max())
                 want[bi, ti, hi] = (p / p.sum()) @ v[bi, ki]
     np.testing.assert_allclose(np.asarray(got), want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype,out_dtype", [(jnp.float32, None), (jnp.bfloat16, jnp.float32)])
+def test_dense_gradient_equals_autodiff(dtype, out_dtype):
+    """qwen2.dense's hand-written CPU gradient (2-D matmuls over the flattened rows) is the matmul's."""
+    from interplay_jax.model import qwen2
+
+    x = jax.random.normal(jax.random.key(0), (2, 7, 12)).astype(dtype)
+    w = jax.random.normal(jax.random.key(1), (12, 5)).astype(dtype)
+    r = jax.random.normal(jax.random.key(2), (2, 7, 5))
+
+    def loss(f):
+        return lambda x, w: jnp.sum(f(x, w).astype(jnp.float32) * r)
+
+    plain = lambda x, w: jnp.matmul(x, w, preferred_element_type=out_dtype)  # noqa: E731
+    ours = jax.grad(loss(lambda x, w: qwen2.dense(x, w, out_dtype)), argnums=(0, 1))(x, w)
+    ref = jax.grad(loss(plain), argnums=(0, 1))(x, w)
+    assert qwen2.dense(x, w, out_dtype).dtype == plain(x, w).dtype
+    for a, b in zip(ours, ref):
+        assert a.dtype == b.dtype
+        tol = 1e-5 if dtype == jnp.float32 else 2e-2
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=tol, atol=tol)
+
+
+def test_model_grads_with_and_without_the_dense_gradient(monkeypatch):
+    """The whole model's gradients on CPU equal those with autodiff's matmul gradient."""
+    from interplay_jax.model import qwen2
+
+    tok = _tokens(2, 10)
+    cfg = model_config("micro")
+    gd, params = nnx.split(init_model(cfg, seed=0), nnx.Param)
+
+    def grads():
+        def loss(p):
+            logits = forward(gd, p, tok[:, :-1])
+            return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), tok[:, 1:, None], -1))
+        return jax.grad(loss)(params)
+
+    g0 = grads()
+    monkeypatch.setattr(qwen2, "dense", lambda x, w, out_dtype=None: jnp.matmul(x, w, preferred_element_type=out_dtype))
+    g1 = grads()
+    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
+    assert max(float(jnp.abs(a).max()) for a in jax.tree.leaves(g0)) > 0
