@@ -56,5 +56,7 @@ def test_sharded_grpo_step_matches_single_device():
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["moved"] > 1e-4                      # the update did something
     assert out["diff"] < 1e-4 * out["moved"], out
-    assert abs(out["loss"][0] - out["loss"][1]) < 1e-5 and abs(out["kl"][0] - out["kl"][1]) < 1e-6
+    # within a few float32 ulps (the KL here is ~16, where one ulp is 1.9e-6)
+    assert abs(out["loss"][0] - out["loss"][1]) < 1e-5 * max(1.0, abs(out["loss"][1]))
+    assert abs(out["kl"][0] - out["kl"][1]) < 1e-6 * max(1.0, abs(out["kl"][1]))
     assert any("fsdp" in s for s in out["specs"])   # parameters really are split
