@@ -28,6 +28,17 @@ from interplay_jax.model import forward, init_model, model_config, qwen2, tpu_at
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _no_persistent_cache():
+    """Compile here without the persistent cache: an in-process stage test may have turned it on, and
+    an entry it holds cannot be loaded for a virtual TPU ("PjRtCompiler must be constructed with a
+    Client"; JAX warns and compiles anyway)."""
+    old = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    yield
+    jax.config.update("jax_enable_compilation_cache", old)
+
+
 def _virtual_tpu():
     """benchmarks/virtual_tpu.py, or skip (with the reason) where libtpu cannot be imported."""
     vt = sys.modules.get("virtual_tpu")
