@@ -32,11 +32,16 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 def _no_persistent_cache():
     """Compile here without the persistent cache: an in-process stage test may have turned it on, and
     an entry it holds cannot be loaded for a virtual TPU ("PjRtCompiler must be constructed with a
-    Client"; JAX warns and compiles anyway)."""
+    Client"; JAX warns and compiles anyway). JAX decides once per process whether the cache is used,
+    so the decision is reset on the way in and out."""
+    from jax._src import compilation_cache as cc
+
     old = jax.config.jax_enable_compilation_cache
     jax.config.update("jax_enable_compilation_cache", False)
+    cc.reset_cache()
     yield
     jax.config.update("jax_enable_compilation_cache", old)
+    cc.reset_cache()
 
 
 def _virtual_tpu():
