@@ -35,6 +35,7 @@ import re
 import shutil
 import socket
 import sys
+import time
 import warnings
 from typing import Any
 
@@ -62,6 +63,17 @@ class CorruptCheckpoint(DataError):
     def __init__(self, step_dir, reason: str):
         self.step_dir, self.reason = pathlib.Path(step_dir), reason
         super().__init__(f"checkpoint {self.step_dir} is corrupt: {reason}")
+
+
+def _remove_tree(path: pathlib.Path, attempts: int = 50) -> None:
+    """Remove a failed save's directory. After a failed item, orbax's writers of the other items can
+    still be finishing a file in it, which makes one ``rmtree`` leave the directory behind ("not
+    empty"): retry for up to ~5 s."""
+    for _ in range(attempts):
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            return
+        time.sleep(0.1)
 
 
 class CheckpointWriteError(UserError):
@@ -286,7 +298,7 @@ class Checkpointer:
                 self._mngr.close()
             for step in self._failed_steps:      # free the space a failed save took
                 for tmp in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
-                    shutil.rmtree(tmp, ignore_errors=True)
+                    _remove_tree(tmp)
 
     def __enter__(self):
         return self
