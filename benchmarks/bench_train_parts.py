@@ -48,34 +48,6 @@ def _median_ms(fn, repeats):
     return float(np.median(ts)) * 1e3
 
 
-def depth_split(preset: str, batch: int, seq: int, rounds: int) -> None:
-    """The whole step at 1 and L layers, both sides, alternating rounds of 2 steps (see --depth)."""
-    sys.path.insert(0, str(pathlib.Path(__file__).parent))
-    from bench_train_vs_torch import make_jax_step, make_torch_step
-
-    depth = qwen2.model_config(preset).num_layers
-    steps = {}
-    for n in (1, depth):
-        cfg = qwen2.model_config(preset, num_layers=n)
-        steps[("JAX", n)] = make_jax_step(cfg, batch, seq)[0]
-        steps[("torch", n)] = make_torch_step(cfg, batch, seq)
-    times = {k: [] for k in steps}
-    for r in range(rounds):
-        for k in (list(steps) if r % 2 == 0 else list(steps)[::-1]):
-            steps[k]()
-            t = time.perf_counter()
-            steps[k]()
-            steps[k]()
-            times[k].append((time.perf_counter() - t) / 2 * 1e3)
-    med = {k: float(np.median(v)) for k, v in times.items()}
-    print(f"preset {preset}: batch {batch} x seq {seq}, whole train step at 1 and {depth} layers "
-          f"(medians of {rounds} alternating rounds)")
-    for side in ("JAX", "torch"):
-        per = (med[(side, depth)] - med[(side, 1)]) / (depth - 1)
-        print(f"{side:6s} 1 layer {med[(side, 1)]:7.1f} ms, {depth} layers {med[(side, depth)]:7.1f} ms: "
-              f"per layer {per:6.1f} ms, outside the layers {med[(side, 1)] - per:6.1f} ms")
-
-
 def _alternating(fns: dict, rounds: int) -> dict:
     """Median ms of two calls per round, the sides in alternating order each round (order biases)."""
     times = {k: [] for k in fns}
@@ -88,6 +60,26 @@ def _alternating(fns: dict, rounds: int) -> dict:
             times[k].append((time.perf_counter() - t) / 2 * 1e3)
             time.sleep(0.3)  # torch's idle threads spin for a while after its last op
     return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def depth_split(preset: str, batch: int, seq: int, rounds: int) -> None:
+    """The whole step at 1 and L layers, both sides, alternating rounds of 2 steps (see --depth)."""
+    sys.path.insert(0, str(pathlib.Path(__file__).parent))
+    from bench_train_vs_torch import make_jax_step, make_torch_step
+
+    depth = qwen2.model_config(preset).num_layers
+    steps = {}
+    for n in (1, depth):
+        cfg = qwen2.model_config(preset, num_layers=n)
+        steps[("JAX", n)] = make_jax_step(cfg, batch, seq)[0]
+        steps[("torch", n)] = make_torch_step(cfg, batch, seq)
+    med = _alternating(steps, rounds)
+    print(f"preset {preset}: batch {batch} x seq {seq}, whole train step at 1 and {depth} layers "
+          f"(medians of {rounds} alternating rounds)")
+    for side in ("JAX", "torch"):
+        per = (med[(side, depth)] - med[(side, 1)]) / (depth - 1)
+        print(f"{side:6s} 1 layer {med[(side, 1)]:7.1f} ms, {depth} layers {med[(side, depth)]:7.1f} ms: "
+              f"per layer {per:6.1f} ms, outside the layers {med[(side, 1)] - per:6.1f} ms")
 
 
 def layer_split(preset: str, batch: int, seq: int, rounds: int) -> None:
