@@ -427,9 +427,9 @@ class DecoderLayer(nnx.Module):
             w = jnp.concatenate([c(p).reshape(d, -1) for p in (self.q_kernel, self.k_kernel, self.v_kernel)], 1)
             bias = jnp.concatenate([c(p).reshape(-1) for p in (self.q_bias, self.k_bias, self.v_bias)])
             qkv = dense(h_BxTxD, w) + bias
-            q = qkv[..., :nh * dh].reshape(b, t, nh, dh)
-            k = qkv[..., nh * dh:(nh + nk) * dh].reshape(b, t, nk, dh)
-            v = qkv[..., (nh + nk) * dh:].reshape(b, t, nk, dh)
+            # a split, not slices: its gradient is one concatenate (slices' is a padded add each)
+            q, k, v = jnp.split(qkv, [nh * dh, (nh + nk) * dh], axis=-1)
+            q, k, v = q.reshape(b, t, nh, dh), k.reshape(b, t, nk, dh), v.reshape(b, t, nk, dh)
         else:
             q = jnp.einsum("btd,dhk->bthk", h_BxTxD, c(self.q_kernel)) + c(self.q_bias)
             k = jnp.einsum("btd,dhk->bthk", h_BxTxD, c(self.k_kernel)) + c(self.k_bias)
@@ -445,7 +445,7 @@ class DecoderLayer(nnx.Module):
             x_BxTxD = x_BxTxD + dense(a_BxTxHxD.reshape(b, t, -1), c(self.o_kernel).reshape(-1, cfg.hidden_size))
             h_BxTxD = rms_norm(x_BxTxD, self.mlp_norm[...], cfg.rms_norm_eps)
             gu = dense(h_BxTxD, jnp.concatenate([c(self.gate_kernel), c(self.up_kernel)], 1))
-            g, u = gu[..., :cfg.intermediate_size], gu[..., cfg.intermediate_size:]
+            g, u = jnp.split(gu, [cfg.intermediate_size], axis=-1)
             return x_BxTxD + dense(jax.nn.silu(g) * u, c(self.down_kernel))
         x_BxTxD = x_BxTxD + jnp.einsum("bthk,hkd->btd", a_BxTxHxD, c(self.o_kernel))
         h_BxTxD = rms_norm(x_BxTxD, self.mlp_norm[...], cfg.rms_norm_eps)
