@@ -331,18 +331,17 @@ def _cache_scores(q_BxKxQxD, k_BxKxDxS, unroll: bool):
     return sum(q32[:, :, :, d, None] * k32[:, :, None, d, :] for d in range(q32.shape[-1]))
 
 
-def _fuse_projections() -> bool:
-    """Fuse q/k/v (and gate/up) into one matmul each on CPU, where it is faster. Elsewhere keep
-    them apart: under tensor parallelism concatenating head-sharded kernels would all-gather them."""
+def _cpu_path() -> bool:
+    """The CPU layout of the projections: q/k/v (and gate/up) fused into one matmul each, and every
+    projection through :func:`dense`'s gradient, both faster on XLA:CPU. Elsewhere autodiff's einsums,
+    kept apart: under tensor parallelism concatenating head-sharded kernels would all-gather them."""
     return jax.default_backend() == "cpu"
 
 
 def dense(x, w, out_dtype=None):
-    """``x [..., K] @ w [K, N]`` (result in ``out_dtype``, default the operands' type). On CPU its
-    gradient is written by hand over the flattened rows (:func:`_dense_rows`); elsewhere autodiff's."""
-    if jax.default_backend() == "cpu":
-        return _dense_rows(x, w, out_dtype)
-    return jnp.matmul(x, w, preferred_element_type=out_dtype)
+    """``x [..., K] @ w [K, N]`` (result in ``out_dtype``, default the operands' type) with its
+    gradient written by hand over the flattened rows (:func:`_dense_rows`); the CPU path's matmul."""
+    return _dense_rows(x, w, out_dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -423,7 +422,7 @@ class DecoderLayer(nnx.Module):
         b, t, d = x_BxTxD.shape
         nh, nk, dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         h_BxTxD = rms_norm(x_BxTxD, self.attn_norm[...], cfg.rms_norm_eps)
-        if _fuse_projections():  # one [D, (H+2K)*Dh] matmul instead of three
+        if _cpu_path():  # one [D, (H+2K)*Dh] matmul instead of three
             w = jnp.concatenate([c(p).reshape(d, -1) for p in (self.q_kernel, self.k_kernel, self.v_kernel)], 1)
             bias = jnp.concatenate([c(p).reshape(-1) for p in (self.q_bias, self.k_bias, self.v_bias)])
             qkv = dense(h_BxTxD, w) + bias
@@ -440,7 +439,7 @@ class DecoderLayer(nnx.Module):
         """The attention output projection, then the SwiGLU MLP, each with its residual."""
         cfg, dt = self.cfg, self.cfg.compute_dtype
         c = lambda p: p[...].astype(dt)  # noqa: E731
-        if _fuse_projections():  # the CPU path: dense() matmuls, gate/up as one [D, 2F] matmul
+        if _cpu_path():  # dense() matmuls, gate/up as one [D, 2F] matmul
             b, t = a_BxTxHxD.shape[:2]
             x_BxTxD = x_BxTxD + dense(a_BxTxHxD.reshape(b, t, -1), c(self.o_kernel).reshape(-1, cfg.hidden_size))
             h_BxTxD = rms_norm(x_BxTxD, self.mlp_norm[...], cfg.rms_norm_eps)
@@ -512,7 +511,7 @@ class Qwen2(nnx.Module):
         cfg = self.cfg
         h = rms_norm(x_BxTxD, self.final_norm[...], cfg.rms_norm_eps)
         w = self.embed[...] if cfg.tie_embeddings else self.lm_head[...].T
-        if jax.default_backend() == "cpu":
+        if _cpu_path():
             return dense(h, w.astype(h.dtype).T, jnp.float32)
         return jnp.einsum("...d,vd->...v", h, w.astype(h.dtype), preferred_element_type=jnp.float32)
 
