@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from interplay_jax import host
 from interplay_jax.model import qwen2
 
 
@@ -48,17 +49,28 @@ def _median_ms(fn, repeats):
     return float(np.median(ts)) * 1e3
 
 
-def _alternating(fns: dict, rounds: int) -> dict:
-    """Median ms of two calls per round, the sides in alternating order each round (order biases)."""
+def _alternating(fns: dict, rounds: int, block_s: float = 0.25) -> dict:
+    """Median ms per call over rounds, the sides in alternating order each round (order biases).
+
+    Each round and side: calls for ``block_s`` seconds untimed, then a timed block of back-to-back calls
+    (at least two, ``block_s`` seconds at least), then a pause for torch's idle threads, which spin for
+    a while after its last op. The untimed block matters for calls of a few ms: the first ones after a
+    pause ran up to ~1.6x slower than back-to-back calls (an 11 ms JAX layer read 18.5 ms when timed
+    right after one warm-up call), and a training loop runs its steps back to back."""
+    def run_for(fn, seconds: float, least: int) -> tuple[int, float]:
+        n, t0 = 0, time.perf_counter()
+        while n < least or time.perf_counter() - t0 < seconds:
+            fn()
+            n += 1
+        return n, time.perf_counter() - t0
+
     times = {k: [] for k in fns}
     for r in range(rounds):
         for k in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
-            fns[k]()
-            t = time.perf_counter()
-            fns[k]()
-            fns[k]()
-            times[k].append((time.perf_counter() - t) / 2 * 1e3)
-            time.sleep(0.3)  # torch's idle threads spin for a while after its last op
+            run_for(fns[k], block_s, 1)
+            n, dt = run_for(fns[k], block_s, 2)
+            times[k].append(dt / n * 1e3)
+            time.sleep(0.3)
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
@@ -167,7 +179,11 @@ def main():
     ap.add_argument("--depth", action="store_true", help="split the whole step by depth (see the docstring)")
     ap.add_argument("--layer", action="store_true", help="one whole layer vs transformers' (see the docstring)")
     ap.add_argument("--gemm", action="store_true", help="the layer's matmuls in their three forms")
+    ap.add_argument("--host-defaults", action="store_true",
+                    help="skip interplay_jax.host.configure() (glibc's malloc defaults, async CPU dispatch)")
     a = ap.parse_args()
+    host_settings = {} if a.host_defaults else host.configure()  # what the training stages run with
+    print(f"host settings: {host_settings or 'off (glibc defaults, async dispatch)'}")
     if a.depth:
         return depth_split(a.preset, a.batch, a.seq, max(a.repeats, 2))
     if a.layer:
