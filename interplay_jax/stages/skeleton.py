@@ -2,7 +2,7 @@
 
 A stage's ``run(config)`` reads top to bottom:
 
-    run = StageRun(config)                      # run dir, logs, distributed, mesh, checkpointer
+    run = StageRun(config)                      # run dir, logs, distributed, host settings, mesh, checkpointer
     start = run.start(abstract, shardings, tx, fresh=...)   # resume | init_from params | fresh
     if run.finished(start, steps): return run.previous_summary()
     run.write_lineage(start, model_cfg, tokenizer=...)
@@ -29,6 +29,7 @@ import numpy as np
 from absl import logging as absl_logging
 
 from interplay_jax import checkpoint as ck
+from interplay_jax import host
 from interplay_jax.errors import ConfigError
 from interplay_jax.sampling.policy import is_hf_dir, load_params
 from interplay_jax.files import file_digest
@@ -83,6 +84,7 @@ class StageRun:
         self.workdir = pathlib.Path(str(config.workdir)).absolute()
         self.workdir.mkdir(parents=True, exist_ok=True)
         shd.initialize_distributed(config.get("distributed"))
+        host.configure()  # on CPU: each program's temporary block stays in the heap (interplay_jax/host.py)
         self.mesh = shd.mesh_from_config(config.get("mesh"))
         self.is_main = jax.process_index() == 0
         self.lock = ck.lock_workdir(self.workdir, f"{self.stage} run") if self.is_main else None
