@@ -19,6 +19,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from interplay_jax import host
 from interplay_jax.model import hf
 from interplay_jax.model.qwen2 import Qwen2, model_config
 from interplay_jax.sampling.sampler import Sampler
@@ -35,7 +36,10 @@ def main():
     ap.add_argument("--mode", choices=("sample", "greedy"), default="sample")
     ap.add_argument("--chunk", type=int, default=64, help="decode steps per chunk (0: one chunk)")
     ap.add_argument("--cache_dtype", default=None, help="our KV cache dtype (default: the model's, fp32)")
+    ap.add_argument("--host-defaults", action="store_true",
+                    help="skip interplay_jax.host.configure() (glibc's malloc defaults, async CPU dispatch)")
     args = ap.parse_args()
+    host_settings = {} if args.host_defaults else host.configure()  # what the training stages run with
 
     cfg = model_config(args.model)
     model = Qwen2(cfg, rngs=nnx.Rngs(0))
@@ -44,7 +48,7 @@ def main():
     total = args.batch * args.new_tokens
     print(f"mode {args.mode}, model {args.model} ({cfg.num_params() / 1e6:.2f}M params), batch {args.batch}, "
           f"prompt {args.prompt_len}, new tokens {args.new_tokens}, our KV cache {args.cache_dtype or cfg.dtype}, "
-          f"backend {jax.default_backend()}")
+          f"backend {jax.default_backend()}, host settings {host_settings or 'off'}")
 
     # ours
     graphdef, params = nnx.split(model, nnx.Param)

@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from interplay_jax import host  # noqa: E402
 from interplay_jax.model import forward, init_model, model_config  # noqa: E402
 
 DEFAULT_SHAPES = {  # preset -> (batch, seq, steps)
@@ -152,7 +153,10 @@ def main():
     ap.add_argument("--inline", action="store_true", help="use the inline optax step, not lm_step")
     ap.add_argument("--round", type=int, default=3, help="steps of one side before switching to the other")
     ap.add_argument("--settle", type=float, default=1.0, help="seconds of pause before each round")
+    ap.add_argument("--host-defaults", action="store_true",
+                    help="skip interplay_jax.host.configure() (glibc's malloc defaults, async CPU dispatch)")
     args = ap.parse_args()
+    host_settings = {} if args.host_defaults else host.configure()  # what the training stages run with
     threads = os.cpu_count()
     try:
         import torch
@@ -161,7 +165,7 @@ def main():
     except ImportError:
         pass
     print(f"JAX {jax.__version__} backend={jax.default_backend()} cpus={threads} "
-          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r} host settings {host_settings or 'off'}")
     if args.peak_gflops:
         peak = args.peak_gflops * 1e9
         print(f"MFU peak = {args.peak_gflops:.1f} GFLOP/s (given)")
