@@ -21,7 +21,7 @@ step's metrics soon after anyway).
 :func:`configure` applies both when the default backend is CPU (``jax.default_backend()``, after
 ``jax.distributed`` is up) on glibc; the dispatch setting takes effect only if JAX's backends are not
 started yet (it is read when the CPU client is made). Elsewhere it changes nothing: a GPU/TPU host keeps
-glibc's defaults. ``INTERPLAY_CPU_HOST=off`` turns it off. No other project import: this is the bottom floor.
+glibc's defaults. ``INTERPLAY_CPU_HOST=off`` turns it off. No project imports: floor 0.
 """
 from __future__ import annotations
 
