@@ -4,8 +4,8 @@ The same random-weight model (``--model`` preset, fp32) is written with interpla
 and loaded by transformers; both sample ``--batch`` rows from ``--prompt_len``-token prompts for
 exactly ``--new_tokens`` tokens (no stop ids; ``--mode sample``: temperature 1, top-p 1, top-k off;
 ``--mode greedy``: argmax), after one warm-up call each (compilation / first-call overhead
-excluded). Prints generated tokens/s, median (and best) of ``--repeats`` timed calls each, and the
-ratio of the medians.
+excluded). Prints generated tokens/s, median (and best) of ``--repeats`` timed calls each, taken in
+interleaved rounds (one call per side, the order alternating), and the ratio of the medians.
 
     python benchmarks/bench_rollout.py [--model tiny --batch 32 --prompt_len 128 --new_tokens 256]
 """
@@ -58,15 +58,12 @@ def main():
     t0 = time.perf_counter()
     sampler.sample(params, prompts, key=jax.random.key(0), **kw)
     compile_s = time.perf_counter() - t0
-    times = []
-    for r in range(args.repeats):
-        t0 = time.perf_counter()
-        res = sampler.sample(params, prompts, key=jax.random.key(r + 1), **kw)
-        times.append(time.perf_counter() - t0)
-    assert int(res.lengths.sum()) == total
-    ours = total / float(np.median(times))
-    print(f"ours (jax while_loop + KV cache): {ours:,.0f} tokens/s  (median of {args.repeats}: {np.median(times):.2f}s, "
-          f"best {total / min(times):,.0f} tokens/s; first call incl. compile {compile_s:.1f}s)")
+    calls = {"ours": 0}
+
+    def ours_call():
+        calls["ours"] += 1
+        res = sampler.sample(params, prompts, key=jax.random.key(calls["ours"]), **kw)
+        assert int(res.lengths.sum()) == total
 
     # HF transformers
     import torch
@@ -81,18 +78,30 @@ def main():
     attn = torch.ones_like(inputs)
     gen_kw = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, pad_token_id=1, eos_token_id=None)
     gen_kw.update(do_sample=False) if greedy else gen_kw.update(do_sample=True, temperature=1.0, top_p=1.0, top_k=0)
+
+    def hf_call():
+        with torch.inference_mode():
+            out = ref.generate(inputs, attention_mask=attn, **gen_kw)
+        assert out.shape == (args.batch, args.prompt_len + args.new_tokens), out.shape
+
     with torch.inference_mode():
         ref.generate(inputs[:, :], attention_mask=attn, **dict(gen_kw, max_new_tokens=4, min_new_tokens=4))
-        times = []
-        for _ in range(args.repeats):
+    # interleaved repeats, the order alternating each round (whichever runs second after a pause reads
+    # differently); a short pause lets torch's idle threads stop spinning
+    times = {"ours": [], "hf": []}
+    for r in range(args.repeats):
+        for side in (("ours", "hf") if r % 2 == 0 else ("hf", "ours")):
+            time.sleep(0.3)
             t0 = time.perf_counter()
-            out = ref.generate(inputs, attention_mask=attn, **gen_kw)
-            times.append(time.perf_counter() - t0)
-    assert out.shape == (args.batch, args.prompt_len + args.new_tokens), out.shape
-    theirs = total / float(np.median(times))
+            (ours_call if side == "ours" else hf_call)()
+            times[side].append(time.perf_counter() - t0)
+    ours, theirs = (total / float(np.median(times[k])) for k in ("ours", "hf"))
+    print(f"ours (jax while_loop + KV cache): {ours:,.0f} tokens/s  (median of {args.repeats}: "
+          f"{np.median(times['ours']):.2f}s, best {total / min(times['ours']):,.0f} tokens/s; first call incl. "
+          f"compile {compile_s:.1f}s)")
     print(f"HF transformers {transformers.__version__} generate (torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads): {theirs:,.0f} tokens/s  (median of {args.repeats}: "
-          f"{np.median(times):.2f}s, best {total / min(times):,.0f} tokens/s)")
+          f"{np.median(times['hf']):.2f}s, best {total / min(times['hf']):,.0f} tokens/s)")
     print(f"ratio ours / HF: {ours / theirs:.2f}x")
 
 
