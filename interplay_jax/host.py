@@ -13,15 +13,15 @@ whole block in again: 59K minor faults and ~90 ms of kernel time in a ~180 ms ``
   below 2 GB (``M_TRIM_THRESHOLD``), so the freed block is there for the next step.
 
 Measured (BUILD_NOTES, issue 12): the ``tiny`` train step 181 -> 137 ms, ``small`` 1,004 -> 777 ms, and
-50 steps of ``configs/pretrain.py:base,cpu`` 61 -> 48 s, with bit-identical losses (the same programs
+50 steps of ``configs/pretrain.py:base,cpu`` 62-64 -> 51 s, with bit-identical losses (the same programs
 run; only where their memory comes from changes). The price: the process keeps up to 2 GB of freed
 heap, and Python waits for each program instead of running ahead (a training loop blocks on its
 step's metrics soon after anyway).
 
 :func:`configure` applies both when the default backend is CPU (``jax.default_backend()``, after
 ``jax.distributed`` is up) on glibc; the dispatch setting takes effect only if JAX's backends are not
-started yet (it is read when the CPU client is made). Elsewhere it changes nothing: a GPU/TPU host keeps
-glibc's defaults. ``INTERPLAY_CPU_HOST=off`` turns it off. No project imports: floor 0.
+started yet (it is read when the CPU client is made). On a GPU/TPU host only the CPU client, idle there,
+runs synchronously, and glibc keeps its defaults. ``INTERPLAY_CPU_HOST=off`` turns both off. No project imports: floor 0.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ import ctypes
 import ctypes.util
 import os
 
-OFF_VALUES = ("off", "0", "false", "no", "none")
+OFF_WORDS = ("off", "0", "false", "no", "none")       # an env switch's "off" words (compile cache too)
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4      # glibc's mallopt parameter numbers (malloc.h)
 TRIM_THRESHOLD = 2 ** 31 - 1                  # mallopt takes an int: ~2 GB, the most it accepts
 
@@ -65,7 +65,7 @@ def configure() -> dict:
     from jax._src import xla_bridge
 
     result = {"sync_dispatch": False, "keep_large_blocks": False}
-    if os.environ.get("INTERPLAY_CPU_HOST", "").strip().lower() in OFF_VALUES:
+    if os.environ.get("INTERPLAY_CPU_HOST", "").strip().lower() in OFF_WORDS:
         _applied.update(result)
         return dict(result)
     started = getattr(xla_bridge, "backends_are_initialized", lambda: True)()

@@ -27,7 +27,8 @@ import os
 import pathlib
 import threading
 
-OFF_WORDS = ("off", "0", "false", "no", "none")
+from interplay_jax.host import OFF_WORDS  # the one list of an env switch's "off" words
+
 ENV_DIR = "INTERPLAY_COMPILE_CACHE"
 ENV_MIN_SECS = "INTERPLAY_COMPILE_CACHE_MIN_SECS"
 DEFAULT_MIN_SECS = 0.5
