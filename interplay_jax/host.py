@@ -12,7 +12,7 @@ whole block in again: 59K minor faults and ~90 ms of kernel time in a ~180 ms ``
 * glibc's ``mallopt``: no mmap for large blocks (``M_MMAP_MAX=0``) and no trimming of the heap's top
   below 2 GB (``M_TRIM_THRESHOLD``), so the freed block is there for the next step.
 
-Measured (BUILD_NOTES, issue 12): the ``tiny`` train step 181 -> 137 ms, ``small`` 1,004 -> 777 ms, and
+Measured (BUILD_NOTES, "Stop 22"): the ``tiny`` train step 181 -> 137 ms, ``small`` 1,004 -> 777 ms, and
 50 steps of ``configs/pretrain.py:base,cpu`` 62-64 -> 51 s, with bit-identical losses (the same programs
 run; only where their memory comes from changes). The price: the process keeps up to 2 GB of freed
 heap, and Python waits for each program instead of running ahead (a training loop blocks on its
