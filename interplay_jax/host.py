@@ -6,8 +6,9 @@ serves a block that large with ``mmap`` and returns it with ``munmap``, so every
 whole block in again: 59K minor faults and ~90 ms of kernel time in a ~180 ms ``tiny`` step on a
 2-core machine. Two settings keep the block in the heap instead:
 
-* the CPU client runs a program on the calling thread (``jax_cpu_enable_async_dispatch=False``).
-  With async dispatch it runs on a worker thread, and glibc gives a non-main thread an arena whose heaps
+* the CPU client runs a program on the calling thread (``jax_cpu_enable_async_dispatch=False``; JAX
+  applies it to single-device programs, so a program sharded over several CPU devices keeps async
+  dispatch and its faults). With async dispatch it runs on a worker thread, and glibc gives a non-main thread an arena whose heaps
   hold at most 64 MB: a larger block is mmapped whatever the malloc settings;
 * glibc's ``mallopt``: no mmap for large blocks (``M_MMAP_MAX=0``) and no trimming of the heap's top
   below 2 GB (``M_TRIM_THRESHOLD``), so the freed block is there for the next step.
