@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import time
 
 # Must be set before jax is imported.
@@ -135,10 +136,13 @@ def make_torch_step(cfg, batch, seq):
     return step
 
 
-def _timed(fn) -> float:
-    t = time.perf_counter()
+def _timed(fn) -> tuple[float, int, float]:
+    """Wall seconds of one call, and the process's minor page faults and kernel seconds during it
+    (the other side is idle then; a program's temporary block faulted in again every step shows here)."""
+    r0, t = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     fn()
-    return time.perf_counter() - t
+    dt, r1 = time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF)
+    return dt, r1.ru_minflt - r0.ru_minflt, r1.ru_stime - r0.ru_stime
 
 
 def main():
@@ -193,13 +197,16 @@ def main():
                 time.sleep(args.settle)
                 for _ in range(min(args.round, n - r * args.round)):
                     times.append(_timed(step))
-        jax_tps = b * t / float(np.median(jt))
-        torch_tps = b * t / float(np.median(tt)) if tt else None
+        med = lambda rows, i: float(np.median([r[i] for r in rows]))  # noqa: E731
+        jax_tps = b * t / med(jt, 0)
+        torch_tps = b * t / med(tt, 0) if tt else None
         print(f"  jax   {jax_tps:9.0f} tokens/s  MFU {100 * jax_tps * fpt / peak:5.1f}%  "
-              f"(compile {compile_s:.1f}s, {kind})", flush=True)
+              f"(compile {compile_s:.1f}s, {kind}); per step {med(jt, 1):,.0f} minor page faults, "
+              f"{1e3 * med(jt, 2):.0f} ms in the kernel", flush=True)
         if torch_tps:
             print(f"  torch {torch_tps:9.0f} tokens/s  MFU {100 * torch_tps * fpt / peak:5.1f}%  "
-                  f"ratio jax/torch = {jax_tps / torch_tps:.2f}x", flush=True)
+                  f"ratio jax/torch = {jax_tps / torch_tps:.2f}x; per step {med(tt, 1):,.0f} minor page faults, "
+                  f"{1e3 * med(tt, 2):.0f} ms in the kernel", flush=True)
         rows.append((name, cfg.num_params(), b, t, jax_tps, torch_tps, fpt))
     print("\n| preset | params | batch x seq | JAX tok/s | JAX MFU | PyTorch tok/s | PyTorch MFU | JAX/PyTorch |")
     print("|---|---|---|---|---|---|---|---|")
