@@ -1,15 +1,15 @@
 """Host-process settings for compute on XLA:CPU: keep each program's temporary block from call to call.
 
 XLA:CPU allocates one temporary block per execution of a compiled program (a train step's activations
-and gradients: ~237 MB for ``tiny`` at 4 x 512, ~1.1 GB for ``small``) and frees it afterwards. glibc
-serves a block that large with ``mmap`` and returns it with ``munmap``, so every step page-faults the
-whole block in again: 59K minor faults and ~90 ms of kernel time in a ~180 ms ``tiny`` step on a
-2-core machine. Two settings keep the block in the heap instead:
+and gradients: ~237 MB for ``tiny`` at 4 x 512) and frees it afterwards. glibc serves a block that
+large with ``mmap`` and returns it with ``munmap``, so every step page-faults the whole block in again:
+59K minor faults and ~90 ms of kernel time in a ~180 ms ``tiny`` step on a 2-core machine (``small``:
+271K faults, ~1.1 GB, per ~1 s step). Two settings keep the block in the heap instead:
 
 * the CPU client runs a program on the calling thread (``jax_cpu_enable_async_dispatch=False``; JAX
   applies it to single-device programs, so a program sharded over several CPU devices keeps async
-  dispatch and its faults). With async dispatch it runs on a worker thread, and glibc gives a non-main thread an arena whose heaps
-  hold at most 64 MB: a larger block is mmapped whatever the malloc settings;
+  dispatch and its faults). With async dispatch it runs on a worker thread, and glibc gives a non-main
+  thread an arena whose heaps hold at most 64 MB: a larger block is mmapped whatever the malloc settings;
 * glibc's ``mallopt``: no mmap for large blocks (``M_MMAP_MAX=0``) and no trimming of the heap's top
   below 2 GB (``M_TRIM_THRESHOLD``), so the freed block is there for the next step.
 
@@ -21,8 +21,9 @@ step's metrics soon after anyway).
 
 :func:`configure` applies both when the default backend is CPU (``jax.default_backend()``, after
 ``jax.distributed`` is up) on glibc; the dispatch setting takes effect only if JAX's backends are not
-started yet (it is read when the CPU client is made). On a GPU/TPU host only the CPU client, idle there,
-runs synchronously, and glibc keeps its defaults. ``INTERPLAY_CPU_HOST=off`` turns both off. No project imports: floor 0.
+started yet (it is read when the CPU client is made). On a GPU/TPU host only the CPU client, idle
+there, runs synchronously, and glibc keeps its defaults. ``INTERPLAY_CPU_HOST=off`` turns both off.
+No project imports: floor 0.
 """
 from __future__ import annotations
 
@@ -65,17 +66,12 @@ def configure() -> dict:
     import jax
     from jax._src import xla_bridge
 
-    result = {"sync_dispatch": False, "keep_large_blocks": False}
     if os.environ.get("INTERPLAY_CPU_HOST", "").strip().lower() in OFF_WORDS:
-        _applied.update(result)
-        return dict(result)
+        _applied.update(sync_dispatch=False, keep_large_blocks=False)
+        return dict(_applied)
     started = getattr(xla_bridge, "backends_are_initialized", lambda: True)()
     if not started:  # read once, when the CPU client is made; on a GPU/TPU host that client is idle
         jax.config.update("jax_cpu_enable_async_dispatch", False)
-        result["sync_dispatch"] = True
-    if jax.default_backend() == "cpu":
-        result["keep_large_blocks"] = keep_large_blocks()
-    else:
-        result["sync_dispatch"] = False
-    _applied.update(result)
-    return dict(result)
+    on_cpu = jax.default_backend() == "cpu"
+    _applied.update(sync_dispatch=on_cpu and not started, keep_large_blocks=on_cpu and keep_large_blocks())
+    return dict(_applied)

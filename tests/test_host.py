@@ -19,7 +19,7 @@ from interplay_jax import host
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 _PROBE = """
-import json, resource, sys
+import json, resource
 import jax, jax.numpy as jnp
 from interplay_jax import host
 settings = host.configure()
