@@ -36,6 +36,8 @@ def main():
     ap.add_argument("--mode", choices=("sample", "greedy"), default="sample")
     ap.add_argument("--chunk", type=int, default=64, help="decode steps per chunk (0: one chunk)")
     ap.add_argument("--cache_dtype", default=None, help="our KV cache dtype (default: the model's, fp32)")
+    ap.add_argument("--exact-softmax", action="store_true",
+                    help="decode with the exact (row-max) softmax instead of the self-shifted one")
     ap.add_argument("--host-defaults", action="store_true",
                     help="skip interplay_jax.host.configure() (glibc's malloc defaults, async CPU dispatch)")
     args = ap.parse_args()
@@ -48,11 +50,13 @@ def main():
     total = args.batch * args.new_tokens
     print(f"mode {args.mode}, model {args.model} ({cfg.num_params() / 1e6:.2f}M params), batch {args.batch}, "
           f"prompt {args.prompt_len}, new tokens {args.new_tokens}, our KV cache {args.cache_dtype or cfg.dtype}, "
-          f"backend {jax.default_backend()}, host settings {host_settings or 'off'}")
+          f"backend {jax.default_backend()}, host settings {host_settings or 'off'}, decode softmax "
+          f"{'exact' if args.exact_softmax else 'self-shifted'}")
 
     # ours
     graphdef, params = nnx.split(model, nnx.Param)
-    sampler = Sampler(graphdef, cfg, pad_id=1, decode_chunk=args.chunk, cache_dtype=args.cache_dtype)
+    sampler = Sampler(graphdef, cfg, pad_id=1, decode_chunk=args.chunk, cache_dtype=args.cache_dtype,
+                      self_shift=not args.exact_softmax)
     greedy = args.mode == "greedy"
     kw = dict(n=1, max_new_tokens=args.new_tokens, temperature=0.0 if greedy else 1.0, stop_ids=())
     t0 = time.perf_counter()

@@ -247,6 +247,31 @@ def test_cached_attention_matches_reference(t):
     np.testing.assert_allclose(np.asarray(got), want, atol=1e-5, rtol=1e-5)
 
 
+def test_self_shifted_decode_softmax_matches_exact_and_fails_loudly():
+    """The one-token decode softmax shifted by the query's own score (no max reduction) equals the
+    exact one, invalid garbage slots included; a score ~300 above the own one overflows and the
+    output is not finite (what the sampler checks for), while the exact softmax stays finite."""
+    from interplay_jax.model.qwen2 import cached_attention
+    rng = np.random.default_rng(5)
+    b, h, kv, s, dh, own = 3, 4, 2, 40, 8, 17
+    q = rng.normal(size=(b, 1, h, dh)).astype(np.float32)
+    k = (rng.normal(size=(b, kv, dh, s)) * 3).astype(np.float32)
+    v = rng.normal(size=(b, kv, s, dh)).astype(np.float32)
+    mask = np.arange(s)[None, None, :] <= own
+    mask = mask & (rng.random((b, 1, s)) > 0.3) | (np.arange(s) == own)
+    k[:, :, :, ~mask[0, 0]] = 1e4                          # garbage the mask must hide (row 0's mask)
+    mask[:] = mask[0]
+    args = lambda k: (jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), jnp.asarray(mask))  # noqa: E731
+    exact = np.asarray(cached_attention(*args(k)))
+    shifted = np.asarray(cached_attention(*args(k), self_slot=own))
+    np.testing.assert_allclose(shifted, exact, atol=1e-5, rtol=1e-5)
+    far = k.copy()
+    valid = np.flatnonzero(mask[0, 0])
+    far[:, :, :, valid[0]] = q[:, 0].reshape(b, kv, -1, dh)[:, :, 0] * 1e3   # a key aligned with the queries
+    assert np.isfinite(np.asarray(cached_attention(*args(far)))).all()
+    assert not np.isfinite(np.asarray(cached_attention(*args(far), self_slot=own))).all()
+
+
 @pytest.mark.parametrize("dtype,out_dtype", [(jnp.float32, None), (jnp.bfloat16, jnp.float32)])
 def test_dense_gradient_equals_autodiff(dtype, out_dtype):
     """qwen2.dense's hand-written CPU gradient (2-D matmuls over the flattened rows) is the matmul's."""

@@ -174,3 +174,31 @@ def test_chunked_decode_with_compaction_samples_the_same_rows(toy):
     np.testing.assert_allclose(chunked.logprobs, whole.logprobs, rtol=1e-4, atol=1e-5)
     s = chunked_sampler.stats
     assert s["row_steps"] < s["row_steps_full"]
+
+
+def test_self_shifted_decode_equals_exact_and_falls_back_on_overflow(toy):
+    """The sampler's self-shifted decode softmax samples what the exact softmax samples; a policy
+    whose attention scores overflow it (huge q/k kernels) is detected by its non-finite log-probs and
+    the call is rerun exactly, giving the exact sampler's result."""
+    model, _, params = toy
+    graphdef, _ = nnx.split(model, nnx.Param)
+    prompts = [[5, 6, 7], [8, 9], [10, 11, 12, 13, 14]]
+    kw = dict(n=2, max_new_tokens=12, temperature=1.0, key=jax.random.key(3))
+    exact = Sampler(graphdef, model.cfg, pad_id=PAD, self_shift=False).sample(params, prompts, **kw)
+    shifted_sampler = Sampler(graphdef, model.cfg, pad_id=PAD, self_shift=True)
+    shifted = shifted_sampler.sample(params, prompts, **kw)
+    np.testing.assert_array_equal(shifted.tokens, exact.tokens)
+    np.testing.assert_allclose(shifted.logprobs, exact.logprobs, rtol=1e-4, atol=1e-5)
+    assert shifted_sampler.stats["exact_reruns"] == 0
+
+    hot = jax.tree_util.tree_map_with_path(
+        lambda path, x: x * 300.0 if any(getattr(k, "key", None) in ("q_kernel", "k_kernel") for k in path) else x,
+        params)
+    exact = Sampler(graphdef, model.cfg, pad_id=PAD, self_shift=False).sample(hot, prompts, **kw)
+    assert np.isfinite(exact.logprobs).all()
+    sampler = Sampler(graphdef, model.cfg, pad_id=PAD, self_shift=True)
+    with pytest.warns(RuntimeWarning, match="exact softmax"):
+        got = sampler.sample(hot, prompts, **kw)
+    assert sampler.stats["exact_reruns"] == 1 and not sampler.self_shift
+    np.testing.assert_array_equal(got.tokens, exact.tokens)
+    np.testing.assert_array_equal(got.logprobs, exact.logprobs)

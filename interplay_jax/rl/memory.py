@@ -108,8 +108,7 @@ def sampler_programs(sampler, abstract_params, *, prompts: int, prompt_len: int,
     state = jax.eval_shape(prefill, *args)
     if sharding is not None:
         state = jax.tree.map(lambda s: _abstract(s.shape, s.dtype, sharding), state)
-    decode, _ = sampler._jit("decode", max_new_tokens=int(max_new_tokens),
-                             temperature=1.0, top_k=0, top_p=1.0, stop_ids=tuple(stop_ids), pad_id=sampler.pad_id)
+    decode, _ = sampler._jit("decode", **sampler.decode_settings(max_new_tokens=max_new_tokens, stop_ids=stop_ids))
     key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=sharding)   # a raw PRNGKey, as the RL stage passes
     return p_compiled, decode.lower(abstract_params, state, key).compile()
 

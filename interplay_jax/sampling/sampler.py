@@ -9,7 +9,9 @@ Used by RL (GRPO rollouts) and evaluation (n samples per prompt).
 * Decoding runs in chunks of ``decode_chunk`` steps (0: one chunk of ``max_new_tokens``); between
   chunks the rows still running are gathered into the smallest power-of-two batch that holds them
   (at least ``min_rows``), so finished rows stop costing compute. Each batch size compiles once per
-  run. Each step attends over the whole cache in one masked pass (``qwen2.cached_attention``).
+  run. Each step attends over the whole cache in one masked pass (``qwen2.cached_attention``); on the
+  CPU path its softmax is shifted by each query's own score instead of the row max (``self_shift``,
+  checked: a call whose log-probs come out non-finite is rerun with the exact softmax).
 * Sampling: temperature, top-k, top-p (nucleus), or greedy (``temperature=0``); one uniform number
   per row and step by inverse CDF, keyed by ``fold_in(fold_in(key, step), row)``: a row's samples do
   not depend on which other rows share its batch (so chunking and compaction do not change them).
@@ -25,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import warnings
 from typing import Sequence
 
 import jax
@@ -145,8 +148,9 @@ def _prefill(graphdef, cache_dtype, on_trace, params, tokens_PxL, lengths_P, don
 
 
 def _decode_chunk(graphdef, on_trace, params, state: DecodeState, key, *, max_new_tokens, temperature, top_k, top_p,
-                  stop_ids, pad_id):
-    """Up to C decode steps (fewer when every row is done or ``max_new_tokens`` is reached)."""
+                  stop_ids, pad_id, self_shift):
+    """Up to C decode steps (fewer when every row is done or ``max_new_tokens`` is reached);
+    ``self_shift``: the model's self-shifted decode softmax (``Qwen2.with_cache``)."""
     on_trace()
     model = nnx.merge(graphdef, params)
     stop_S = jnp.asarray(stop_ids, jnp.int32)
@@ -161,7 +165,7 @@ def _decode_chunk(graphdef, on_trace, params, state: DecodeState, key, *, max_ne
         lp_B = token_logprobs(s.logits_BxV[:, None], tok_B[:, None])[:, 0]
         tok_B = jnp.where(s.done_B, pad_id, tok_B)
         lp_B = jnp.where(s.done_B, 0.0, lp_B)
-        logits_Bx1xV, cache = model.with_cache(tok_B[:, None], s.cache)
+        logits_Bx1xV, cache = model.with_cache(tok_B[:, None], s.cache, self_shift=self_shift)
         col = s.step - start
         return s.replace(
             step=s.step + 1, logits_BxV=logits_Bx1xV[:, -1], cache=cache,
@@ -192,11 +196,13 @@ class Sampler:
     several checkpoints compiles once). ``compile_count`` counts the compilations this sampler caused.
 
     ``decode_chunk``: decode steps per chunk (0: all in one chunk, no compaction); ``min_rows``: the
-    smallest batch compaction shrinks to.
+    smallest batch compaction shrinks to. ``self_shift``: decode with the model's self-shifted softmax
+    (on the CPU path; see ``qwen2.cached_attention``); should a call's log-probs come out non-finite,
+    the call is rerun with the exact softmax and the sampler keeps to it (``stats["exact_reruns"]``).
     """
 
     def __init__(self, graphdef, cfg, *, pad_id: int = 1, prompt_buckets: Sequence[int] = DEFAULT_BUCKETS,
-                 cache_dtype=None, decode_chunk: int = 0, min_rows: int = 8):
+                 cache_dtype=None, decode_chunk: int = 0, min_rows: int = 8, self_shift: bool = True):
         self.graphdef, self.cfg = graphdef, cfg
         self.pad_id = int(pad_id)
         self.prompt_buckets = tuple(sorted(prompt_buckets))
@@ -205,7 +211,9 @@ class Sampler:
         self._cache_dtype = cache_dtype
         self._compiled: dict = _SHARED_JIT.setdefault(self._share_key, {})
         self.compile_count = 0
-        self.stats = {"row_steps": 0, "row_steps_full": 0}  # decode work done vs without compaction
+        self.self_shift = bool(self_shift)
+        # decode work done vs without compaction; calls rerun with the exact softmax
+        self.stats = {"row_steps": 0, "row_steps_full": 0, "exact_reruns": 0}
 
     def _jit(self, kind: str, **static):
         key = (kind, tuple(sorted(static.items())))
@@ -230,10 +238,31 @@ class Sampler:
         self.compile_count += _TRACES.get(trace_key, 0) - before
         return out
 
+    def decode_settings(self, *, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+                        stop_ids: Sequence[int] = ()) -> dict:
+        """The decode program's static settings (its compilation key) for these sampling settings."""
+        return dict(max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_k=int(top_k),
+                    top_p=float(top_p), stop_ids=tuple(int(s) for s in stop_ids), pad_id=self.pad_id,
+                    self_shift=self.self_shift)
+
     def sample(self, params, prompts: Sequence[Sequence[int]], *, n: int = 1, max_new_tokens: int,
                temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, key,
                stop_ids: Sequence[int] = (), pad_prompts_to_pow2: bool = True) -> SampleResult:
         """Sample ``n`` completions for each prompt (lists of token ids, non-empty)."""
+        kw = dict(n=n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, key=key,
+                  stop_ids=stop_ids, pad_prompts_to_pow2=pad_prompts_to_pow2)
+        result = self._sample(params, prompts, **kw)
+        if result is None:  # a self-shifted softmax overflowed: this policy needs the exact one
+            warnings.warn("sampler: the self-shifted decode softmax overflowed (attention scores far above a "
+                          "token's own); rerunning with the exact softmax from now on", RuntimeWarning, stacklevel=2)
+            self.self_shift = False
+            self.stats["exact_reruns"] += 1
+            result = self._sample(params, prompts, **kw)
+        return result
+
+    def _sample(self, params, prompts, *, n, max_new_tokens, temperature, top_p, top_k, key, stop_ids,
+                pad_prompts_to_pow2) -> SampleResult | None:
+        """:meth:`sample`; None when a self-shifted decode gave a non-finite log-prob."""
         r_max = int(max_new_tokens)
         if not prompts:
             z = np.zeros((0, r_max))
@@ -250,8 +279,8 @@ class Sampler:
         chunk = min(self.decode_chunk or r_max, r_max)
         state = self._call("prefill", dict(n=int(n), max_new_tokens=r_max, chunk=chunk), params, tokens_PxL,
                            lengths_P, np.arange(rows) >= num)
-        settings = dict(max_new_tokens=r_max, temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
-                        stop_ids=tuple(int(s) for s in stop_ids), pad_id=self.pad_id)
+        settings = self.decode_settings(max_new_tokens=r_max, temperature=temperature, top_k=top_k, top_p=top_p,
+                                        stop_ids=stop_ids)
         b = rows * n
         out_tokens = np.full((b, r_max), self.pad_id, np.int32)
         out_lps = np.zeros((b, r_max), np.float32)
@@ -262,6 +291,8 @@ class Sampler:
             steps_run = int(state.step) - c * chunk
             row_ids, toks, lps, done, lens = jax.device_get(
                 (state.row_ids_B, state.tokens_BxC, state.logprobs_BxC, state.done_B, state.lengths_B))
+            if settings["self_shift"] and not np.isfinite(lps).all():
+                return None
             cols = slice(c * chunk, c * chunk + chunk)
             out_tokens[row_ids, cols], out_lps[row_ids, cols] = toks[:, :r_max - c * chunk], lps[:, :r_max - c * chunk]
             out_done[row_ids], out_lengths[row_ids] = done, lens
