@@ -252,9 +252,10 @@ class Sampler:
         kw = dict(n=n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, key=key,
                   stop_ids=stop_ids, pad_prompts_to_pow2=pad_prompts_to_pow2)
         result = self._sample(params, prompts, **kw)
-        if result is None:  # a self-shifted softmax overflowed: this policy needs the exact one
-            warnings.warn("sampler: the self-shifted decode softmax overflowed (attention scores far above a "
-                          "token's own); rerunning with the exact softmax from now on", RuntimeWarning, stacklevel=2)
+        if result is None:  # the self-shifted softmax overflowed (or the weights are not finite)
+            warnings.warn("sampler: non-finite log-probs with the self-shifted decode softmax (attention scores far "
+                          "above a token's own, or non-finite weights); rerunning with the exact softmax from now on",
+                          RuntimeWarning, stacklevel=2)
             self.self_shift = False
             self.stats["exact_reruns"] += 1
             result = self._sample(params, prompts, **kw)
