@@ -136,6 +136,8 @@ class RolloutProducer:
             "tokens": float(lengths_N.sum()),
             "sample_s": t_sample,
             "score_s": t_score,
+            # calls so far rerun with the exact decode softmax (non-finite log-probs; see Sampler)
+            "sampler_exact_reruns": float(self.sampler.stats["exact_reruns"]),
         }
 
     def _log_samples(self, step, res, records, kept, responses, rewards_N, host, num_filtered) -> None:
