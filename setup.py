@@ -6,6 +6,7 @@ setup(
     description=("JAX/Flax reproduction of 'On the Interplay of Pre-Training, Mid-Training, "
                  "and RL on Reasoning Language Models' (arXiv 2512.07783)"),
     packages=find_packages(include=["interplay_jax", "interplay_jax.*"]),
+    package_data={"interplay_jax.model": ["*.cc"]},  # the fused CPU attention, compiled on first use
     python_requires=">=3.11",
     install_requires=[
         "jax>=0.7",

@@ -30,7 +30,7 @@ WORKER = textwrap.dedent(r'''
     from interplay_jax.model.qwen2 import model_config
     from interplay_jax.train import lm_step, optim, sharding as shd
 
-    cfg = model_config("micro", vocab_size=64, num_heads=8, num_kv_heads=4, head_dim=8, num_layers=1)
+    cfg = model_config("micro", vocab_size=64, num_heads=8, num_kv_heads=4, head_dim=16, num_layers=1)  # Dh 16: the fused CPU attention
     o = dict(lr=1e-3, min_lr=1e-4, warmup_steps=1, total_steps=10, schedule="cosine", b1=0.9, b2=0.999,
              eps=1e-8, weight_decay=0.1, grad_clip=1.0)
     o = type("O", (), o)()
@@ -101,12 +101,12 @@ def test_layout_matches_one_device(eight_devices, layout):
 
 
 def test_parameters_and_moments_are_sharded(eight_devices):
-    # q_kernel [D=32, H=8, Dh=8]: D over fsdp, heads over tensor; Adam's mu follows.
+    # q_kernel [D=32, H=8, Dh=16]: D over fsdp, heads over tensor; Adam's mu follows.
     assert eight_devices["dp"]["specs"]["q"] == []
     assert eight_devices["fsdp"]["specs"]["q"] == ["fsdp"]
-    assert eight_devices["fsdp"]["specs"]["q_shard"] == [8, 8, 8]
+    assert eight_devices["fsdp"]["specs"]["q_shard"] == [8, 8, 16]
     assert eight_devices["tp"]["specs"]["q"] == ["fsdp", "tensor"]
-    assert eight_devices["tp"]["specs"]["q_shard"] == [16, 2, 8]
+    assert eight_devices["tp"]["specs"]["q_shard"] == [16, 2, 16]
     for name in ("dp", "fsdp", "tp"):
         assert eight_devices[name]["specs"]["mu_q"] == eight_devices[name]["specs"]["q"]
     assert eight_devices["tp"]["specs"]["embed"] == ["tensor", "fsdp"]
