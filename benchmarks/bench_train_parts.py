@@ -3,8 +3,9 @@
     python benchmarks/bench_train_parts.py [--preset small --batch 4 --seq 512 --repeats 7] [--depth]
 
 Parts (fp32, the preset's shapes, loss = sum of squares of the output):
-* attention: our causal attention as the train step runs it on CPU (``qwen2.attention(..., "einsum")``:
-  query chunks that skip the upper triangle) vs ``torch.nn.functional.scaled_dot_product_attention``
+* attention: our causal attention as the train step runs it on CPU (``qwen2.attention(..., "cpu")``:
+  the fused C++ kernel of model/cpu_attention.cc) and the XLA composition (``"einsum"``: query chunks
+  that skip the upper triangle), each vs ``torch.nn.functional.scaled_dot_product_attention``
   (causal, GQA);
 * mlp: the SwiGLU MLP as our layer computes it (fused gate/up matmul on CPU) vs the same in torch;
 * matmuls: the MLP's up and down matmuls alone (no activation), i.e. the matmul kernels themselves.
@@ -204,9 +205,12 @@ def main():
         gu = x @ jnp.concatenate([wg, wu], 1)
         return jnp.sum((jax.nn.silu(gu[:, :f]) * gu[:, f:] @ wd) ** 2)
 
+    def attn(impl):
+        return jax.jit(jax.grad(lambda q, k, v: jnp.sum(qwen2.attention(q, k, v, impl) ** 2), argnums=(0, 1, 2)))
+
     jax_fns = {
-        "attention": (jax.jit(jax.grad(lambda q, k, v: jnp.sum(qwen2.attention(q, k, v, "einsum") ** 2),
-                                       argnums=(0, 1, 2))), (q, k, v)),
+        "attention": (attn("cpu"), (q, k, v)),
+        "attn-xla": (attn("einsum"), (q, k, v)),
         "mlp": (jax.jit(jax.grad(mlp, argnums=(0, 1, 2, 3))), (x, wg, wu, wd)),
         "matmuls": (jax.jit(jax.grad(lambda x, wg, wd: jnp.sum(((x @ wg) @ wd) ** 2), argnums=(0, 1, 2))),
                     (x, wg, wd)),
@@ -218,6 +222,8 @@ def main():
     torch_fns = {
         "attention": lambda: (F.scaled_dot_product_attention(tt["q"], tt["k"], tt["v"], is_causal=True,
                                                              enable_gqa=True) ** 2).sum().backward(),
+        "attn-xla": lambda: (F.scaled_dot_product_attention(tt["q"], tt["k"], tt["v"], is_causal=True,
+                                                            enable_gqa=True) ** 2).sum().backward(),
         "mlp": lambda: ((F.silu(tt["x"] @ tt["wg"]) * (tt["x"] @ tt["wu"])) @ tt["wd"]).pow(2).sum().backward(),
         "matmuls": lambda: ((tt["x"] @ tt["wg"]) @ tt["wd"]).pow(2).sum().backward(),
     }

@@ -105,7 +105,8 @@ def _forward(q, k, v, seg):
         raise RuntimeError("the fused CPU attention kernel is unavailable (see the warning above)")
     b, t, h, _ = q.shape
     return jax.ffi.ffi_call(_FWD, (jax.ShapeDtypeStruct(q.shape, jnp.float32),
-                                   jax.ShapeDtypeStruct((b, h, t), jnp.float32)))(q, k, v, seg)
+                                   jax.ShapeDtypeStruct((b, h, t), jnp.float32)),
+                            vmap_method="sequential")(q, k, v, seg)
 
 
 @jax.custom_vjp
@@ -123,7 +124,8 @@ def _bwd(res, do):
     q, k, v, seg, o, lse = res
     dq, dk, dv = jax.ffi.ffi_call(_BWD, (jax.ShapeDtypeStruct(q.shape, jnp.float32),
                                          jax.ShapeDtypeStruct(k.shape, jnp.float32),
-                                         jax.ShapeDtypeStruct(v.shape, jnp.float32)))(
+                                         jax.ShapeDtypeStruct(v.shape, jnp.float32)),
+                                  vmap_method="sequential")(
         q, k, v, seg, o, lse, do.astype(jnp.float32))
     return dq, dk, dv, None
 

@@ -292,8 +292,9 @@ def attention(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, impl: str, segment_ids_BxT=None):
         # flash attention with cuDNN: ~3.5x the XLA path for paper100m on an H100
         return jax.nn.dot_product_attention(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, is_causal=True,
                                             implementation="cudnn" if impl == "cudnn" else None)
-    if impl == "cpu":  # fused C++ kernel: ~1.8x the einsum path's forward + backward (tiny, 4 x 512)
-        if cpu_attention.supports(q_BxTxHxD, k_BxTxKxD) and cpu_attention.available():
+    if impl == "cpu":  # the fused C++ kernel where it can run (XLA:CPU, fp32, Dh in 16..128), else einsum
+        if (jax.default_backend() == "cpu" and cpu_attention.supports(q_BxTxHxD, k_BxTxKxD)
+                and cpu_attention.available()):
             seg_BxT = (jnp.ones(q_BxTxHxD.shape[:2], jnp.int32) if segment_ids_BxT is None
                        else jnp.asarray(segment_ids_BxT, jnp.int32))
             return cpu_attention.fused_attention(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, seg_BxT)
