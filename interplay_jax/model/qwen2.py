@@ -36,7 +36,9 @@ All: vocab 2,200, RoPE theta 1e6, RMSNorm eps 1e-6, tied embeddings, 2,048 posit
 directory (HF config.json or a run's lineage) carries its own architecture: loading one never needs a
 preset name (interplay_jax.sampling.policy).
 
-Activations use the [B, T, heads, head_dim] layout; attention regroups queries as [B, K, G*T, Dh]
+Activations use the [B, T, heads, head_dim] layout. On a CPU full-sequence attention is a fused C++
+kernel (model/cpu_attention.cc through XLA's FFI; the "cpu" implementation); the portable "einsum"
+path regroups queries as [B, K, G*T, Dh]
 (G = H/K query heads per KV head) so GQA is two batched matmuls and K/V are never repeated. On CPU
 the q/k/v and gate/up kernels are concatenated at use into one matmul each (params stay separate so
 the sharding rules of interplay_jax/train/sharding.py apply unchanged).
