@@ -11,7 +11,10 @@
 #  5. GRPO at the paper's shapes: rollouts (256 prompts x 6, prompt 1024, <= 1024 new tokens, responses
 #     of ~550 tokens on average, decode chunks of 256 with finished rows dropped), the reference
 #     forward and the update (512 rollouts x 2048 tokens, micro-batches of 64), and the estimated
-#     time of one paper step (benchmarks/rl_paper_scale_check.py).
+#     time of one paper step (benchmarks/rl_paper_scale_check.py);
+#  6. the rollouts of 5 in one chunk (no compaction);
+#  7. the rollouts of 5 with the Pallas decode kernel (rl.decode_kernel=pallas): agreement with the
+#     XLA decode attention, then generated tokens/s (compare with 5's rollouts).
 # Each step has its own time limit; a failing step does not stop the others. STEPS="3 5" runs only
 # those steps (default all). CPU smoke run (tiny shapes, the same code paths):
 # SMOKE=1 PY=.venv/bin/python bash benchmarks/gpu_check.sh
@@ -64,3 +67,19 @@ want 5 && run 160 "$PY" benchmarks/rl_paper_scale_check.py --preset paper100m --
 want 6 && echo "6. rollouts: one chunk without compaction (step 5 compacts every 256 steps)"
 want 6 && run 80 "$PY" benchmarks/rl_paper_scale_check.py --preset paper100m --prompts 256 --n 6 --prompt-len 1024 \
   --new-tokens 1024 --decode-chunk 0 --stop-tokens 4 --rollouts-only
+want 7 && echo "7. rollouts with the Pallas decode kernel (model/gpu_decode.py; step 5's shapes and chunks)"
+want 7 && "$PY" - <<'PY'
+import jax, jax.numpy as jnp, numpy as np
+from interplay_jax.model import gpu_decode, qwen2
+r = np.random.default_rng(0)
+b, h, kv, dh, s, bound = 64, 12, 2, 64, 2048, 1500
+q = jnp.asarray(r.normal(size=(b, h, dh)), jnp.bfloat16)
+k = jnp.asarray(r.normal(size=(b, kv, dh, s)), jnp.bfloat16)
+v = jnp.asarray(r.normal(size=(b, kv, s, dh)), jnp.bfloat16)
+valid = jnp.asarray((np.arange(s)[None] < bound) & (r.random((b, s)) > 0.2))
+got = jax.jit(gpu_decode.decode_attention)(q, k, v, valid, bound)
+want = jax.jit(lambda q, k, v, m: qwen2.cached_attention(q[:, None], k, v, m[:, None])[:, 0])(q, k, v, valid)
+print(f"7. pallas vs xla decode attention, bf16: max|diff| {float(jnp.abs(got.astype(jnp.float32) - want.astype(jnp.float32)).max()):.4f}")
+PY
+want 7 && run 120 "$PY" benchmarks/rl_paper_scale_check.py --preset paper100m --prompts 256 --n 6 --prompt-len 1024 \
+  --new-tokens 1024 --decode-chunk 256 --stop-tokens 4 --rollouts-only --decode-kernel pallas

@@ -37,6 +37,7 @@ def main():
     ap.add_argument("--decode-chunk", type=int, default=128)
     ap.add_argument("--kl", type=float, default=1e-3)
     ap.add_argument("--remat", action="store_true")
+    ap.add_argument("--decode-kernel", default="xla", choices=("xla", "pallas"), help="the sampler's decode attention")
     a = ap.parse_args()
     device = virtual_h200.device()
 
@@ -50,7 +51,7 @@ def main():
     micro = a.micro or None
     gcfg = grpo.GRPOConfig(kl_coef=a.kl)
     step = grpo.make_grpo_step(graphdef, tx, gcfg, num_minibatches=a.minibatches, micro_batch_size=micro)
-    sampler = Sampler(graphdef, cfg, decode_chunk=a.decode_chunk)
+    sampler = Sampler(graphdef, cfg, decode_chunk=a.decode_chunk, decode_kernel=a.decode_kernel)
     with virtual_h200.as_gpu_host():       # "auto" attention resolves as on the H200 (cuDNN flash)
         u = memory.update_bytes(step, state, rows, a.prompt + a.response, a.response, kl=a.kl > 0, sampler_old=False,
                                 sharding=device)
@@ -60,7 +61,7 @@ def main():
     print(f"model {a.preset} ({cfg.num_params() / 1e6:.1f}M params, {a.dtype}{', remat' if a.remat else ''}), "
           f"virtual {device.device_set.pop().device_kind if hasattr(device, 'device_set') else 'H200'}")
     print(f"sampler: {a.prompts} prompts x {a.n} rollouts, prompt <= {a.prompt}, response <= {a.response}, "
-          f"decode chunk {a.decode_chunk}: {memory.gib(s)} GiB")
+          f"decode chunk {a.decode_chunk}, {a.decode_kernel} decode attention: {memory.gib(s)} GiB")
     print(f"update: {rows} rollouts x {a.prompt + a.response} tokens, {a.minibatches} mini-batches of {mini}, "
           f"micro-batch {micro or mini}: {memory.gib(u)} GiB")
     print(f"peak_gib={memory.gib(max(s, u))}")

@@ -52,6 +52,8 @@ def main():
     ap.add_argument("--stop-tokens", type=int, default=4)
     ap.add_argument("--decode-chunk", type=int, default=128)
     ap.add_argument("--rollouts-only", action="store_true")
+    ap.add_argument("--decode-kernel", default="xla", choices=("xla", "pallas"),
+                    help="the decode step's attention (pallas: model/gpu_decode.py)")
     args = ap.parse_args()
 
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}")
@@ -63,7 +65,7 @@ def main():
 
     rollout_tps, mean_len = None, args.new_tokens
     if not args.skip_rollout:
-        sampler = Sampler(graphdef, cfg, pad_id=1, decode_chunk=args.decode_chunk)
+        sampler = Sampler(graphdef, cfg, pad_id=1, decode_chunk=args.decode_chunk, decode_kernel=args.decode_kernel)
         prompts = [list(rng.integers(10, vocab, size=args.prompt_len)) for _ in range(args.prompts)]
         stop = tuple(range(10, 10 + args.stop_tokens))
         kw = dict(n=args.n, max_new_tokens=args.new_tokens, temperature=1.0, stop_ids=stop, key=jax.random.key(0))

@@ -79,6 +79,8 @@ def get_config(arg=None):
         rollout_batch_prompts=0,       # prompts per sampler call (0: all at once)
         decode_chunk=0,                # decode steps per chunk: finished rows are dropped between chunks
                                        # (0: one chunk); on CPU every decode step reads only written slots
+        decode_kernel="xla",           # decode attention: "xla" (every cache slot) | "pallas" (GPU kernel:
+                                       # only slots below the write pointer; not yet timed on a GPU)
         prompt_buckets=""))            # comma-separated padded prompt lengths ("": 16, 32, ..., 2048);
                                        # each bucket compiles the sampler and the update once
     c.grpo = ml_collections.ConfigDict(dict(

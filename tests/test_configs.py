@@ -68,3 +68,15 @@ def test_token_budget_in_scientific_notation_parses_on_the_command_line():
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     # the budget parses; the (deliberately) bad data source is then the one error line, before any compute
     assert out.returncode == 2 and "data.source='bogus'" in out.stderr and "int()" not in out.stderr, out.stderr
+
+
+def test_rl_decode_kernel_is_validated():
+    from interplay_jax.stages import rl as rl_stage
+
+    c = load_config("rl.py:quick")
+    rl_stage.validate(c, check_files=False)
+    c.rl.decode_kernel = "pallas"
+    rl_stage.validate(c, check_files=False)
+    c.rl.decode_kernel = "bogus"
+    with pytest.raises(ConfigError, match=r"rl.decode_kernel='bogus'; expected one of xla, pallas"):
+        rl_stage.validate(c, check_files=False)

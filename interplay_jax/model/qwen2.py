@@ -63,7 +63,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from interplay_jax.errors import ConfigError
-from interplay_jax.model import cpu_attention
+from interplay_jax.model import cpu_attention, gpu_decode
 from interplay_jax.model.tpu_attention import rope as tpu_rope
 from interplay_jax.model.tpu_attention import splash_attention
 
@@ -432,10 +432,12 @@ class DecoderLayer(nnx.Module):
         a = attention(q, k, v, self.cfg.attention, segment_ids_BxT)
         return self._out(x_BxTxD, a), (k, v)
 
-    def decode(self, x_BxTxD, cos, sin, kv_cache, index, mask_BxTxS, self_shift: bool = False):
+    def decode(self, x_BxTxD, cos, sin, kv_cache, index, mask_BxTxS, self_shift: bool = False,
+               decode_kernel: str = "xla"):
         """One block with a KV cache ``(k_BxKxDxS, v_BxKxSxD)``: the chunk's k/v are written at slot
         ``index`` and the queries attend over the cache under ``mask_BxTxS`` (:func:`cached_attention`,
-        self-shifted when ``self_shift``). Returns (x, (k_cache, v_cache))."""
+        self-shifted when ``self_shift``; a one-token step with ``decode_kernel="pallas"`` runs
+        :func:`gpu_decode.decode_attention` where it takes the shapes). Returns (x, (k_cache, v_cache))."""
         q, k, v = self._qkv(x_BxTxD, cos, sin)
         k_cache, v_cache = kv_cache
         zero = jnp.zeros((), jnp.int32)
@@ -445,7 +447,12 @@ class DecoderLayer(nnx.Module):
         v_cache = jax.lax.dynamic_update_slice(v_cache, v.transpose(0, 2, 1, 3).astype(v_cache.dtype),
                                                (zero, zero, index, zero))
         dt = self.cfg.compute_dtype
-        a = cached_attention(q, k_cache.astype(dt), v_cache.astype(dt), mask_BxTxS, index if self_shift else None)
+        if decode_kernel == "pallas" and q.shape[1] == 1 and gpu_decode.supports(q.shape[-1], k_cache.shape[-1]):
+            a = gpu_decode.decode_attention(q[:, 0], k_cache.astype(dt), v_cache.astype(dt), mask_BxTxS[:, 0],
+                                            index + 1)[:, None]
+        else:
+            a = cached_attention(q, k_cache.astype(dt), v_cache.astype(dt), mask_BxTxS,
+                                 index if self_shift else None)
         return self._out(x_BxTxD, a), (k_cache, v_cache)
 
     def _qkv(self, x_BxTxD, cos, sin):
@@ -572,13 +579,15 @@ class Qwen2(nnx.Module):
         return self.logits(last_BxD), cache
 
     def with_cache(self, tokens_BxT, cache, *, positions_BxT=None, segment_ids_BxT=None, cache_index=None,
-                   self_shift: bool = False):
+                   self_shift: bool = False, decode_kernel: str = "xla"):
         """Write the chunk into ``cache`` (from :func:`init_cache` or :meth:`prefill`) at slot
         ``cache_index`` (default ``cache["index"]``) and attend over every written valid slot.
         ``segment_ids_BxT`` here only marks validity (0 = pad, e.g. left padding); positions default
         to each row's next position (``cache["pos"]`` + valid tokens before it).
         ``self_shift``: one-token decode on the CPU path uses the self-shifted softmax of
         :func:`cached_attention` (faster there; the caller must check the logits are finite).
+        ``decode_kernel="pallas"``: one-token steps attend with the Pallas kernel of
+        ``model/gpu_decode.py`` (reads only the slots below the write pointer; interpret mode off GPU).
         Returns (fp32 logits [B, T, V], new cache)."""
         cfg = self.cfg
         tokens_BxT = jnp.asarray(tokens_BxT, jnp.int32)
@@ -598,7 +607,7 @@ class Qwen2(nnx.Module):
         shift = self_shift and t == 1 and _cpu_path()
         for i, layer in enumerate(self.layers):
             x_BxTxD, (k_i, v_i) = layer.decode(x_BxTxD, cos, sin, (cache["k"][i], cache["v"][i]), index, mask_BxTxS,
-                                               shift)
+                                               shift, decode_kernel)
             ks.append(k_i)
             vs.append(v_i)
         new_cache = dict(k=tuple(ks), v=tuple(vs), valid=valid_BxS,

@@ -39,6 +39,7 @@ class RolloutSettings:
     std_normalize: bool = True        # GRPO advantages (False: Dr.GRPO's r - mean)
     prompt_buckets: tuple = DEFAULT_BUCKETS
     decode_chunk: int = 0             # decode steps per chunk (0: one chunk; see the sampler)
+    decode_kernel: str = "xla"        # the decode step's attention (see the sampler)
     old_logprobs: str = "recompute"   # "recompute" (a forward in the update) | "sampler" (the rollouts')
 
     @classmethod
@@ -50,6 +51,7 @@ class RolloutSettings:
                    top_p=float(r.top_p), top_k=int(r.top_k), batch_prompts=int(r.rollout_batch_prompts or 0),
                    std_normalize=bool(config.grpo.std_normalize), prompt_buckets=buckets or DEFAULT_BUCKETS,
                    decode_chunk=int(r.get("decode_chunk", 0) or 0),
+                   decode_kernel=str(r.get("decode_kernel", "xla") or "xla"),
                    old_logprobs=str(config.grpo.get("old_logprobs", "recompute")))
 
 
@@ -68,7 +70,7 @@ class RolloutProducer:
         self.logprob_fn = logprob_fn
         self.samples_path = samples_path
         self.sampler = Sampler(graphdef, model_cfg, pad_id=tokenizer.pad_id, prompt_buckets=settings.prompt_buckets,
-                               decode_chunk=settings.decode_chunk)
+                               decode_chunk=settings.decode_chunk, decode_kernel=settings.decode_kernel)
         self.rows = settings.num_prompts * settings.n
         self.seq_lens = grpo.update_lengths(settings.max_prompt_len + settings.max_response_len)
         self.filtered_total = 0

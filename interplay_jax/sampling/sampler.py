@@ -38,6 +38,8 @@ from flax import nnx, struct
 from interplay_jax.model.logprobs import token_logprobs
 from interplay_jax.sampling.padding import DEFAULT_BUCKETS, bucket_length, next_pow2, pad
 
+DECODE_KERNELS = ("xla", "pallas")  # the decode step's attention (Sampler(decode_kernel=...))
+
 _SHARED_JIT: dict = {}  # (graphdef, cfg, cache dtype) -> {(kind, static settings): jitted fn}
 _TRACES: dict = {}      # (shared key, fn key) -> times traced (compiled) so far
 
@@ -148,9 +150,10 @@ def _prefill(graphdef, cache_dtype, on_trace, params, tokens_PxL, lengths_P, don
 
 
 def _decode_chunk(graphdef, on_trace, params, state: DecodeState, key, *, max_new_tokens, temperature, top_k, top_p,
-                  stop_ids, pad_id, self_shift):
+                  stop_ids, pad_id, self_shift, decode_kernel="xla"):
     """Up to C decode steps (fewer when every row is done or ``max_new_tokens`` is reached);
-    ``self_shift``: the model's self-shifted decode softmax (``Qwen2.with_cache``)."""
+    ``self_shift``: the model's self-shifted decode softmax; ``decode_kernel``: its attention
+    ("xla" or "pallas", see ``Qwen2.with_cache``)."""
     on_trace()
     model = nnx.merge(graphdef, params)
     stop_S = jnp.asarray(stop_ids, jnp.int32)
@@ -165,7 +168,8 @@ def _decode_chunk(graphdef, on_trace, params, state: DecodeState, key, *, max_ne
         lp_B = token_logprobs(s.logits_BxV[:, None], tok_B[:, None])[:, 0]
         tok_B = jnp.where(s.done_B, pad_id, tok_B)
         lp_B = jnp.where(s.done_B, 0.0, lp_B)
-        logits_Bx1xV, cache = model.with_cache(tok_B[:, None], s.cache, self_shift=self_shift)
+        logits_Bx1xV, cache = model.with_cache(tok_B[:, None], s.cache, self_shift=self_shift,
+                                               decode_kernel=decode_kernel)
         col = s.step - start
         return s.replace(
             step=s.step + 1, logits_BxV=logits_Bx1xV[:, -1], cache=cache,
@@ -199,10 +203,17 @@ class Sampler:
     smallest batch compaction shrinks to. ``self_shift``: decode with the model's self-shifted softmax
     (on the CPU path; see ``qwen2.cached_attention``); should a call's log-probs come out non-finite,
     the call is rerun with the exact softmax and the sampler keeps to it (``stats["exact_reruns"]``).
+    ``decode_kernel``: "xla" (one masked pass over every cache slot) or "pallas" (the Pallas decode
+    kernel of ``model/gpu_decode.py``: only the slots below the write pointer; for GPUs, interpret
+    mode elsewhere).
     """
 
     def __init__(self, graphdef, cfg, *, pad_id: int = 1, prompt_buckets: Sequence[int] = DEFAULT_BUCKETS,
-                 cache_dtype=None, decode_chunk: int = 0, min_rows: int = 8, self_shift: bool = True):
+                 cache_dtype=None, decode_chunk: int = 0, min_rows: int = 8, self_shift: bool = True,
+                 decode_kernel: str = "xla"):
+        if decode_kernel not in DECODE_KERNELS:
+            raise ValueError(f"decode_kernel={decode_kernel!r}; expected one of {', '.join(DECODE_KERNELS)}")
+        self.decode_kernel = decode_kernel
         self.graphdef, self.cfg = graphdef, cfg
         self.pad_id = int(pad_id)
         self.prompt_buckets = tuple(sorted(prompt_buckets))
@@ -243,7 +254,7 @@ class Sampler:
         """The decode program's static settings (its compilation key) for these sampling settings."""
         return dict(max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_k=int(top_k),
                     top_p=float(top_p), stop_ids=tuple(int(s) for s in stop_ids), pad_id=self.pad_id,
-                    self_shift=self.self_shift)
+                    self_shift=self.self_shift, decode_kernel=self.decode_kernel)
 
     def sample(self, params, prompts: Sequence[Sequence[int]], *, n: int = 1, max_new_tokens: int,
                temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, key,

@@ -24,6 +24,7 @@ from interplay_jax.rl import grpo, memory
 from interplay_jax.rl.data import SOURCES, prompt_source_from_config, rl_mixture
 from interplay_jax.rl.producer import RolloutProducer, RolloutSettings
 from interplay_jax.sampling.policy import is_hf_dir, load_params, parent_model_config, run_model_config
+from interplay_jax.sampling.sampler import DECODE_KERNELS
 from interplay_jax.stages.edge import resolve_edge
 from interplay_jax.stages.skeleton import StageRun, load_tokenizer
 from interplay_jax.task.rewards import get_reward
@@ -219,6 +220,8 @@ def validate(config, check_files: bool = True) -> None:
     require(r.n >= 2, f"rl: rl.n={r.n} rollouts per prompt; GRPO needs >= 2 (group-normalised advantages)")
     for k in ("prompt_budget", "total_steps", "micro_batch_size", "rollout_batch_prompts", "top_k", "decode_chunk"):
         require(int(r.get(k, 0) or 0) >= 0, f"rl: rl.{k}={r.get(k)!r} must be >= 0")
+    require(str(r.get("decode_kernel", "xla")) in DECODE_KERNELS,
+            f"rl: rl.decode_kernel={r.get('decode_kernel')!r}; expected one of {', '.join(DECODE_KERNELS)}")
     buckets = parse_list(r.get("prompt_buckets", ""))
     require(all(b.isdigit() and int(b) > 0 for b in buckets),
             f"rl: rl.prompt_buckets={r.get('prompt_buckets')!r} must be comma-separated positive lengths")
