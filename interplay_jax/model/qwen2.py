@@ -447,7 +447,8 @@ class DecoderLayer(nnx.Module):
         v_cache = jax.lax.dynamic_update_slice(v_cache, v.transpose(0, 2, 1, 3).astype(v_cache.dtype),
                                                (zero, zero, index, zero))
         dt = self.cfg.compute_dtype
-        if decode_kernel == "pallas" and q.shape[1] == 1 and gpu_decode.supports(q.shape[-1], k_cache.shape[-1]):
+        if (decode_kernel == "pallas" and q.shape[1] == 1 and jax.default_backend() != "tpu"
+                and gpu_decode.supports(q.shape[-1], k_cache.shape[-1])):
             a = gpu_decode.decode_attention(q[:, 0], k_cache.astype(dt), v_cache.astype(dt), mask_BxTxS[:, 0],
                                             index + 1)[:, None]
         else:
