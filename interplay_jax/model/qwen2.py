@@ -38,8 +38,9 @@ preset name (interplay_jax.sampling.policy).
 
 Activations use the [B, T, heads, head_dim] layout. On a CPU full-sequence attention is a fused C++
 kernel (model/cpu_attention.cc through XLA's FFI; the "cpu" implementation); the portable "einsum"
-path regroups queries as [B, K, G*T, Dh]
-(G = H/K query heads per KV head) so GQA is two batched matmuls and K/V are never repeated. On CPU
+path regroups queries as [B, K, G*T, Dh] (G = H/K query heads per KV head) so GQA is two batched
+matmuls and K/V are never repeated. On a GPU, decode can use the Pallas kernel of model/gpu_decode.py
+(``Sampler(decode_kernel="pallas")``). On CPU
 the q/k/v and gate/up kernels are concatenated at use into one matmul each (params stay separate so
 the sharding rules of interplay_jax/train/sharding.py apply unchanged).
 
