@@ -222,11 +222,10 @@ def main():
     torch_fns = {
         "attention": lambda: (F.scaled_dot_product_attention(tt["q"], tt["k"], tt["v"], is_causal=True,
                                                              enable_gqa=True) ** 2).sum().backward(),
-        "attn-xla": lambda: (F.scaled_dot_product_attention(tt["q"], tt["k"], tt["v"], is_causal=True,
-                                                            enable_gqa=True) ** 2).sum().backward(),
         "mlp": lambda: ((F.silu(tt["x"] @ tt["wg"]) * (tt["x"] @ tt["wu"])) @ tt["wd"]).pow(2).sum().backward(),
         "matmuls": lambda: ((tt["x"] @ tt["wg"]) @ tt["wd"]).pow(2).sum().backward(),
     }
+    torch_fns["attn-xla"] = torch_fns["attention"]  # the same torch reference for both of ours
     print(f"preset {a.preset}: batch {b} x seq {t}, heads {h}/{kv} of {dh}, hidden {d}, MLP {f}; fp32, "
           f"backend {jax.default_backend()}, torch {torch.__version__} ({torch.get_num_threads()} threads)")
     for name, (fn, args) in jax_fns.items():

@@ -34,3 +34,10 @@ def file_digest(path, chunk: int = 1 << 24) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def cache_dir() -> pathlib.Path:
+    """Where built artifacts are cached (the default tokenizer, compiled programs, the CPU kernel):
+    ``$INTERPLAY_CACHE`` or ``~/.cache/interplay_jax``."""
+    root = os.environ.get("INTERPLAY_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "interplay_jax")
+    return pathlib.Path(root)

@@ -101,7 +101,7 @@ def test_model_loss_and_gradients_match_einsum():
 
 def test_failed_build_warns_and_falls_back(monkeypatch, tmp_path):
     monkeypatch.setattr(cpu_attention, "_state", {})
-    monkeypatch.setenv("INTERPLAY_JAX_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setenv("INTERPLAY_KERNEL_CACHE", str(tmp_path))
     monkeypatch.setenv("CXX", "/bin/false")
     with pytest.warns(RuntimeWarning, match="fused CPU attention kernel is unavailable"):
         assert not cpu_attention.available()
@@ -112,6 +112,6 @@ def test_failed_build_warns_and_falls_back(monkeypatch, tmp_path):
         warnings.simplefilter("error")  # one warning per process, not one per call
         np.testing.assert_allclose(qwen2.attention(q, k, v, "cpu"), qwen2._einsum_attention(q, k, v, causal),
                                    atol=3e-6)
-    monkeypatch.setenv("INTERPLAY_JAX_CPU_KERNELS", "0")
+    monkeypatch.setenv("INTERPLAY_CPU_KERNELS", "0")
     monkeypatch.setattr(cpu_attention, "_state", {"ok": True})
     assert not cpu_attention.available()

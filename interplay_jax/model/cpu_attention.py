@@ -3,12 +3,12 @@
 On a CPU the composed attention (scores, mask, softmax and two products per query chunk, with their
 transposes and reductions) costs ~1.4x PyTorch's fused CPU kernel. This module compiles
 ``cpu_attention.cc`` with the system's C++ compiler on first use (``-O3 -march=native``; a few
-seconds, cached under ``$INTERPLAY_JAX_KERNEL_CACHE`` or ``~/.cache/interplay_jax/kernels``, keyed by
+seconds, cached under ``$INTERPLAY_KERNEL_CACHE`` or ``<cache root>/kernels``, keyed by
 the source, jaxlib and CPU) and registers its two handlers. :func:`fused_attention` is causal
 attention with segment ids, float32, head_dim a multiple of 16 up to 128; its backward pass
 recomputes the probabilities block by block from the saved row log-sum-exp.
 
-Where there is no compiler, the build fails, or ``INTERPLAY_JAX_CPU_KERNELS=0``, :func:`available`
+Where there is no compiler, the build fails, or ``INTERPLAY_CPU_KERNELS=off``, :func:`available`
 is False (with one warning for a failed build) and the model keeps the XLA path.
 """
 from __future__ import annotations
@@ -28,6 +28,9 @@ import jax
 import jax.numpy as jnp
 import jaxlib
 
+from interplay_jax.files import cache_dir as cache_root
+from interplay_jax.host import OFF_WORDS
+
 SOURCE = Path(__file__).with_name("cpu_attention.cc")
 _FWD, _BWD = "interplay_jax_causal_attention_fwd", "interplay_jax_causal_attention_bwd"
 _lock = threading.Lock()
@@ -35,8 +38,8 @@ _state: dict = {}
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("INTERPLAY_JAX_KERNEL_CACHE")
-    return Path(root) if root else Path.home() / ".cache" / "interplay_jax" / "kernels"
+    root = os.environ.get("INTERPLAY_KERNEL_CACHE")
+    return Path(root) if root else cache_root() / "kernels"
 
 
 def _cpu_flags() -> str:
@@ -76,8 +79,8 @@ def _build() -> Path:
 
 
 def available() -> bool:
-    """Whether the kernel is built and registered (builds it on the first call; False off CPU)."""
-    if os.environ.get("INTERPLAY_JAX_CPU_KERNELS", "1") == "0":
+    """Whether the kernel is built and registered (builds it on the first call)."""
+    if os.environ.get("INTERPLAY_CPU_KERNELS", "").strip().lower() in OFF_WORDS:
         return False
     with _lock:
         if "ok" not in _state:

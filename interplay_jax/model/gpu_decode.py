@@ -19,6 +19,7 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
 
 _NEG = -0.7 * float(jnp.finfo(jnp.float32).max)  # "minus infinity" that stays finite through exp/max
 
@@ -44,8 +45,6 @@ def _splits(slots: int, block_k: int, max_splits: int) -> int:
 
 def _kernel(q_ref, k_ref, v_ref, valid_ref, bound_ref, o_ref, m_ref, l_ref, *, block_k: int, scale: float):
     """One (row, KV head, split): q [Gp, Dh], keys [Dh, split], values [split, Dh], valid [split]."""
-    from jax.experimental.pallas import triton as plgpu
-
     split = k_ref.shape[-1]
     j = pl.program_id(2)
     n = jnp.clip(pl.cdiv(bound_ref[()] - j * split, block_k), 0, split // block_k)
@@ -77,8 +76,6 @@ def decode_attention(q_BxHxD, k_BxKxDxS, v_BxKxSxD, valid_BxS, bound, *, max_spl
     """softmax(q . k / sqrt(Dh)) . v over the valid cache slots below ``bound`` (the last written slot
     + 1), per row and query head (GQA: query head h reads KV head h // (H / K)). Returns [B, H, Dh] in
     the values' dtype. Every row needs at least one valid slot below ``bound``."""
-    from jax.experimental.pallas import triton as plgpu
-
     if interpret is None:
         interpret = jax.default_backend() != "gpu"
     b, h, dh = q_BxHxD.shape

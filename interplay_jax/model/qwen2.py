@@ -296,8 +296,7 @@ def attention(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, impl: str, segment_ids_BxT=None):
         return jax.nn.dot_product_attention(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, is_causal=True,
                                             implementation="cudnn" if impl == "cudnn" else None)
     if impl == "cpu":  # the fused C++ kernel where it can run (XLA:CPU, fp32, Dh in 16..128), else einsum
-        if (jax.default_backend() == "cpu" and cpu_attention.supports(q_BxTxHxD, k_BxTxKxD)
-                and cpu_attention.available()):
+        if _cpu_path() and cpu_attention.supports(q_BxTxHxD, k_BxTxKxD) and cpu_attention.available():
             seg_BxT = (jnp.ones(q_BxTxHxD.shape[:2], jnp.int32) if segment_ids_BxT is None
                        else jnp.asarray(segment_ids_BxT, jnp.int32))
             return cpu_attention.fused_attention(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, seg_BxT)

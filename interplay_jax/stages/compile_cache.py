@@ -12,7 +12,7 @@ Where the cache lives (first match wins):
 3. a config field ``compile_cache = "<dir>"`` (configs may carry one; none does by default);
 4. ``INTERPLAY_COMPILE_CACHE=<dir>``;
 5. ``<cache root>/xla``, the cache root being ``$INTERPLAY_CACHE`` or ``~/.cache/interplay_jax``
-   (:func:`interplay_jax.task.tokenizer.cache_dir`, where the default tokenizer is cached too).
+   (:func:`interplay_jax.files.cache_dir`, where the default tokenizer is cached too).
 
 Programs that took less than ``INTERPLAY_COMPILE_CACHE_MIN_SECS`` (default 0.5 s; JAX's own default
 is 1 s) to compile are not written. :func:`stats` counts, for this process, compilations that went
@@ -52,7 +52,7 @@ def resolve(setting=None, env=None) -> str | None:
         return setting
     if env_dir:
         return env_dir
-    from interplay_jax.task.tokenizer import cache_dir
+    from interplay_jax.files import cache_dir
     return str(cache_dir() / "xla")
 
 

@@ -26,6 +26,7 @@ from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
 from interplay_jax.errors import DataError
+from interplay_jax.files import cache_dir
 from interplay_jax.task.formats import (ANSWER_CLOSE, BOS, EOS, PAD, SPECIAL_TOKENS, UNK, format_document,
                                        format_prompt)
 from interplay_jax.task.mixture import get_mixture
@@ -197,12 +198,6 @@ load = load_tokenizer
 
 DEFAULT_VERSION = "v1"
 DEFAULT_DOCS = 20_000  # ~30 s on one CPU core; env INTERPLAY_DEFAULT_TOKENIZER_DOCS changes it (tests)
-
-
-def cache_dir() -> pathlib.Path:
-    """Where built artifacts are cached: ``$INTERPLAY_CACHE`` or ``~/.cache/interplay_jax``."""
-    root = os.environ.get("INTERPLAY_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "interplay_jax")
-    return pathlib.Path(root)
 
 
 def default_tokenizer_path(progress: bool = True) -> pathlib.Path:
