@@ -3,7 +3,9 @@
     python benchmarks/sweep_mini.py run --out DIR [--points default|all|NAME,NAME] \
         [--minutes 3 | --tokens 40e6] [--parallel 6] [--set data.num_threads=2 ...] \
         [--eval-ops 2-14 --eval-per-op 16 --eval-n 16] [--tokenizer PATH] [--deadline 600]
-    python benchmarks/sweep_mini.py list
+    python benchmarks/sweep_mini.py run --scale cpu --out DIR --minutes 6 --parallel 1   # a 2-core CPU
+    python benchmarks/sweep_mini.py list [--scale cpu]
+    python benchmarks/sweep_mini.py table --sweep DIR[/sweep.json]   # re-make DIR/sweep.md
     python benchmarks/sweep_mini.py recipe --sweep DIR/sweep.json --seconds 180   # for gpu_e1_mini.sh
 
 Each point is one process (XLA_PYTHON_CLIENT_MEM_FRACTION split between them) that
@@ -52,24 +54,60 @@ POINTS = {   # name -> differences from COMMON (the first six run by default)
     "d12_docmask": dict(document_mask=True),
     "d12_easy": dict(mixture="hard20"),              # 50/30/20 over op2-4/5-7/8-10 (easy-skewed)
     "d12_bs128k": dict(batch_size=128),
+    "d12_bs32k": dict(batch_size=32),                # more steps per token: the CPU sweep's 8K beat 16K
     "d12_b2_999": dict(b2=0.999),
     "small_grid": dict(model={}, lr=1e-3, b2=0.999, batch_size=32),   # the grid's current mini base
 }
 DEFAULT_POINTS = list(POINTS)[:6]
 
+# --scale cpu: the same questions one size down, for a 2-core CPU (the `tiny` model, fp32), on a shifted op
+# range (pre-training op2-5, ID op2-5, OOD-edge op6-7) because op2-10 is out of reach in CPU minutes.
+# Mixtures by name (a JSON list of components, see interplay_jax.task.mixture): the study's 20/30/50
+# easy/medium/hard weighting over op2-3 / op4 / op5, and its easy-skewed mirror.
+CPU_MIXTURES = {
+    "cpu_base": '[{"ops": [2, 3], "weight": 0.2}, {"ops": [4], "weight": 0.3}, {"ops": [5], "weight": 0.5}]',
+    "cpu_easy": '[{"ops": [2, 3], "weight": 0.5}, {"ops": [4], "weight": 0.3}, {"ops": [5], "weight": 0.2}]',
+}
+T4 = dict(num_layers=4, hidden_size=128, num_heads=4, num_kv_heads=2, head_dim=32, intermediate_size=384)
+CPU_COMMON = dict(batch_size=16, seq_len=512, lr=2e-3, b2=0.98, document_mask=False, mixture="cpu_base", model=T4,
+                  dtype="float32")
+CPU_POINTS = {
+    "t4_lr1e-3": dict(lr=1e-3),
+    "t4_lr2e-3": dict(),
+    "t4_lr4e-3": dict(lr=4e-3),
+    "d8_lr2e-3": dict(model={**T4, "num_layers": 8}),                     # depth: +0.8M parameters
+    "w192_lr2e-3": dict(model={**T4, "hidden_size": 192, "num_heads": 6, "intermediate_size": 576}),  # width: +0.9M
+    "t4_docmask": dict(document_mask=True),
+    "t4_easy": dict(mixture="cpu_easy"),
+    "t4_bs16k": dict(batch_size=32),
+}
+SCALES = {  # scale -> (points, common fields, config preset of pretrain.py / eval.py, model preset, buckets)
+    "mini": (POINTS, COMMON, "mini", "small", "ID:2-10,OOD-edge:11-14"),
+    "cpu": (CPU_POINTS, CPU_COMMON, "cpu", "tiny", "ID:2-5,OOD-edge:6-7"),
+}
 
-def point_spec(name: str) -> dict:
-    if name not in POINTS:
-        raise SystemExit(f"error: unknown point {name!r}; known: {', '.join(POINTS)}")
-    return {"name": name, **COMMON, **POINTS[name]}
+
+def point_spec(name: str, scale: str = "mini") -> dict:
+    points, common, *_ = SCALES[scale]
+    if name not in points:
+        raise SystemExit(f"error: unknown {scale} point {name!r}; known: {', '.join(points)}")
+    return {"name": name, "scale": scale, **common, **points[name]}
+
+
+def default_points(scale: str) -> list[str]:
+    return DEFAULT_POINTS if scale == "mini" else list(CPU_POINTS)
 
 
 def pretrain_config(spec: dict, workdir, tokenizer: str, sets: list[str], total_steps: int, probe: bool = False):
     from interplay_jax.config import load_config, override
-    c = load_config(f"pretrain.py:{spec['mixture']},mini", lock=False)
+    _, _, preset, model_preset, buckets = SCALES[spec.get("scale", "mini")]
+    mixture = CPU_MIXTURES.get(spec["mixture"])
+    c = load_config(f"pretrain.py:{'base' if mixture else spec['mixture']},{preset}", lock=False)
+    if mixture:
+        c.mixture = mixture
     c.workdir = str(workdir)
     c.tokenizer = tokenizer
-    c.model.preset = "small"
+    c.model.preset = model_preset
     c.model.dtype = spec.get("dtype", "bfloat16")
     for k, v in spec["model"].items():
         c.model[k] = v
@@ -84,7 +122,7 @@ def pretrain_config(spec: dict, workdir, tokenizer: str, sets: list[str], total_
     c.ckpt_every = 0
     c.eval_every = 0
     c.progress = False
-    c.eval.buckets = "ID:2-10,OOD-edge:11-14"
+    c.eval.buckets = buckets
     c.eval.per_bucket = 64
     for kv in sets:
         key, _, raw = kv.partition("=")
@@ -102,7 +140,8 @@ def pretrain_config(spec: dict, workdir, tokenizer: str, sets: list[str], total_
 
 def eval_config(run_dir, workdir, a):
     from interplay_jax.config import load_config
-    c = load_config("eval.py:mini", lock=False)
+    _, _, preset, _, buckets = SCALES[a.scale]
+    c = load_config(f"eval.py:{preset}", lock=False)
     c.checkpoints = str(run_dir)
     c.names = "base"
     c.workdir = str(workdir)
@@ -111,7 +150,7 @@ def eval_config(run_dir, workdir, a):
     c.sampling.n = int(a.eval_n)
     c.sampling.max_new_tokens = int(a.eval_max_new)
     c.sampling.batch_prompts = int(a.eval_batch)
-    c.buckets = "ID:2-10,OOD-edge:11-14"
+    c.buckets = buckets
     c.progress = False
     c.lock()
     return c
@@ -208,6 +247,7 @@ def table(records: list[dict]) -> str:
     for r in records:
         s = {**r["spec"], **r.get("effective", {})}
         m = {**{"num_layers": 10, "hidden_size": 256}, **r["spec"]["model"], **r.get("effective", {})}
+        mixture = {v: k for k, v in CPU_MIXTURES.items()}.get(s["mixture"], s["mixture"])
         ev = r.get("eval", {})
 
         def pk(bucket, metric, which):
@@ -221,7 +261,7 @@ def table(records: list[dict]) -> str:
         rows.append(
             f"| {s['name']} | {m['num_layers']} x {m['hidden_size']} | {r.get('params', 0) / 1e6:.1f}M | {s['lr']:g} | "
             f"(0.9, {s['b2']}) | {s['batch_size'] * s['seq_len'] // 1024}K | {'on' if s['document_mask'] else 'off'} | "
-            f"{s['mixture']} | {r.get('steps', '-')} | {r.get('tokens', 0) / 1e6:.1f}M | "
+            f"{mixture} | {r.get('steps', '-')} | {r.get('tokens', 0) / 1e6:.1f}M | "
             f"{r.get('train_wall_s', 0) / 60:.1f} | {_fmt(held.get('ID'), False)} / {_fmt(held.get('OOD-edge'), False)} | "
             f"{_fmt(pk('ID', 'verified', 1))} | {_fmt(pk('ID', 'verified', 'n'))} | "
             f"{_fmt(pk('OOD-edge', 'verified', 1))} | {_fmt(pk('OOD-edge', 'verified', 'n'))} | "
@@ -229,10 +269,55 @@ def table(records: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def per_op_table(records: list[dict], out) -> str:
+    """Strict / answer-only pass@1 per op and point, and for op2 and op3 (deliver 5's oddity) the share of
+    samples whose first error is a wrong dependency and the steps written beyond the gold solution (from
+    each point's eval/results.json, where the point was evaluated)."""
+    ops = sorted({int(op) for r in records for op in r.get("per_op", {})})
+    rows = ["| point | " + " | ".join(f"op{op} strict / answer@1" for op in ops)
+            + " | op2 / op3 dependency-first | op2 / op3 steps - gold |", "|" + "---|" * (len(ops) + 3)]
+    for r in records:
+        per_op = r.get("per_op", {})
+        cells = [f"{_fmt(per_op[str(op)]['verified@1'])} / {_fmt(per_op[str(op)]['answer@1'])}"
+                 if str(op) in per_op else "-" for op in ops]
+        ea = {}
+        f = pathlib.Path(out) / r["spec"]["name"] / "eval" / "results.json"
+        if f.is_file():
+            ea = json.loads(f.read_text())["checkpoints"].get("base", {}).get("error_analysis", {})
+        dep = " / ".join(_fmt(ea[op]["primary"]["dependency"]) if op in ea else "-" for op in ("2", "3"))
+        extra = " / ".join(f"{ea[op]['extra_steps']:+.2f}" if op in ea else "-" for op in ("2", "3"))
+        rows.append(f"| {r['spec']['name']} | " + " | ".join(cells) + f" | {dep} | {extra} |")
+    return "\n".join(rows)
+
+
+def write_tables(out, records: list[dict], head: str) -> str:
+    md = table(records) + "\n\nPer op (strict pass@1 / answer-only pass@1, %):\n\n" + per_op_table(records, out)
+    (pathlib.Path(out) / "sweep.md").write_text(head + "\n\n" + md + "\n")
+    return md
+
+
+def rewrite(a) -> int:
+    """Re-make DIR/sweep.md from DIR/sweep.json (e.g. after a table gained columns), or, given DIR of a
+    sweep whose driver was stopped early, from the points' own DIR/<point>/point.json (oldest first)."""
+    path = pathlib.Path(a.sweep)
+    if path.is_dir() and not (path / "sweep.json").is_file():
+        files = sorted(path.glob("*/point.json"), key=lambda f: f.stat().st_mtime)
+        if not files:
+            raise SystemExit(f"error: {path} has neither sweep.json nor */point.json")
+        out, points = path, [json.loads(f.read_text()) for f in files]
+        head = f"Sweep: {len(points)} points tabulated from their point.json files (the driver did not finish)"
+    else:
+        path = path / "sweep.json" if path.is_dir() else path
+        out, points = path.parent, json.loads(path.read_text())["points"]
+        head = (out / "sweep.md").read_text().split("\n", 1)[0] if (out / "sweep.md").is_file() else "Sweep"
+    print(head + "\n\n" + write_tables(out, points, head))
+    return 0
+
+
 def run_sweep(a) -> int:
-    names = DEFAULT_POINTS if a.points == "default" else list(POINTS) if a.points == "all" else [
+    names = default_points(a.scale) if a.points == "default" else list(SCALES[a.scale][0]) if a.points == "all" else [
         n.strip() for n in a.points.split(",") if n.strip()]
-    specs = [point_spec(n) for n in names]
+    specs = [point_spec(n, a.scale) for n in names]
     out = pathlib.Path(a.out).absolute()
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = a.tokenizer
@@ -251,7 +336,7 @@ def run_sweep(a) -> int:
             d.mkdir(exist_ok=True)
             cmd = [sys.executable, __file__, "point", "--spec", json.dumps(spec), "--out", str(d),
                    "--tokenizer", tokenizer, "--minutes", str(a.minutes), "--tokens", str(a.tokens or ""),
-                   "--probe-steps", str(a.probe_steps), "--guard-s", str(guard), "--eval-ops", a.eval_ops,
+                   "--probe-steps", str(a.probe_steps), "--guard-s", str(guard), "--scale", a.scale, "--eval-ops", a.eval_ops,
                    "--eval-per-op", str(a.eval_per_op), "--eval-n", str(a.eval_n),
                    "--eval-max-new", str(a.eval_max_new), "--eval-batch", str(a.eval_batch)]
             for kv in a.set:
@@ -276,11 +361,11 @@ def run_sweep(a) -> int:
         else:
             tail = (d / "log.txt").read_text(errors="replace").strip().splitlines()[-5:]
             records.append({"spec": spec, "status": f"failed (rc {p.returncode}): {' / '.join(tail)[-300:]}"})
-    md = table(records)
-    head = (f"Sweep: {len(records)} points, {'%g minutes' % a.minutes if not a.tokens else '%g tokens' % float(a.tokens)} "
+    head = (f"Sweep ({a.scale}): {len(records)} points, "
+            f"{'%g minutes' % a.minutes if not a.tokens else '%g tokens' % float(a.tokens)} "
             f"each, {a.parallel} at a time; eval ops {a.eval_ops}, {a.eval_per_op} prompts/op, n = {a.eval_n}; "
             f"data: {' '.join(a.set) or 'configs default'}; wall {time.time() - t0:.0f} s")
-    (out / "sweep.md").write_text(head + "\n\n" + md + "\n")
+    md = write_tables(out, records, head)
     (out / "sweep.json").write_text(json.dumps({"args": vars(a), "points": records}, indent=1))
     print(head)
     print(md)
@@ -321,8 +406,8 @@ def recipe(a) -> int:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python benchmarks/sweep_mini.py")
-    p.add_argument("mode", choices=("run", "point", "list", "recipe"))
-    p.add_argument("--sweep", default="", help="(recipe mode) a sweep.json")
+    p.add_argument("mode", choices=("run", "point", "list", "recipe", "table"))
+    p.add_argument("--sweep", default="", help="(recipe / table mode) a sweep.json")
     p.add_argument("--seconds", type=float, default=180.0, help="(recipe mode) training seconds of the E1 base")
     p.add_argument("--mixture", default="base", help="(recipe mode) only points trained on this mixture")
     p.add_argument("--out", default="out/sweep_mini")
@@ -338,15 +423,20 @@ def main(argv=None) -> int:
     p.add_argument("--tokenizer", default="")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="pre-training config field for every point, e.g. data.num_threads=2")
-    p.add_argument("--eval-ops", default="2-14")
+    p.add_argument("--scale", choices=tuple(SCALES), default="mini",
+                   help="mini: 15-30M models on a GPU (op2-10 / op11-14); cpu: ~1-2M models on a CPU "
+                        "(op2-5 / op6-7)")
+    p.add_argument("--eval-ops", default="", help="default: 2-14 (mini), 2-7 (cpu)")
     p.add_argument("--eval-per-op", type=int, default=16)
     p.add_argument("--eval-n", type=int, default=16)
-    p.add_argument("--eval-max-new", type=int, default=768)
+    p.add_argument("--eval-max-new", type=int, default=0, help="default: 768 (mini), 320 (cpu)")
     p.add_argument("--eval-batch", type=int, default=32)
     a = p.parse_args(argv)
+    a.eval_ops = a.eval_ops or ("2-14" if a.scale == "mini" else "2-7")
+    a.eval_max_new = a.eval_max_new or (768 if a.scale == "mini" else 320)
     if a.mode == "list":
-        for n in POINTS:
-            print(f"{n:<14} {'(default) ' if n in DEFAULT_POINTS else ''}{point_spec(n)}")
+        for n in SCALES[a.scale][0]:
+            print(f"{n:<14} {'(default) ' if n in default_points(a.scale) else ''}{point_spec(n, a.scale)}")
         return 0
     if a.mode == "point":
         from interplay_jax.errors import UserError
@@ -357,6 +447,8 @@ def main(argv=None) -> int:
             return 2
     if a.mode == "recipe":
         return recipe(a)
+    if a.mode == "table":
+        return rewrite(a)
     return run_sweep(a)
 
 
