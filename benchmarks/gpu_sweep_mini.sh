@@ -7,7 +7,8 @@
 #   bash benchmarks/gpu_sweep_mini.sh            # on the device tool: writes $OUT/sweep/{sweep.md,sweep.json,<point>/}
 #
 # Knobs (environment): MINUTES training minutes per point (default 3; each point first probes its
-# speed) or TOKENS (a token budget per point instead), POINTS (default | all | names), PARALLEL (6),
+# speed) or TOKENS (a token budget per point instead), POINTS (names; default and all expand in place,
+# e.g. default,d12_bs32k), PARALLEL (6),
 # EVAL_OPS (2-14), EVAL_PER_OP (16), EVAL_N (16), EVAL_MAX_NEW (768), EVAL_BATCH (32),
 # DATA_SET (pre-training fields for every point, default "data.workers=2"; with the token-shard
 # pipeline: "data.source=tokens data.workers=2"), TOKENIZER (default: the carried E1 tokenizer

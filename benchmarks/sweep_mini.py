@@ -98,6 +98,14 @@ def default_points(scale: str) -> list[str]:
     return DEFAULT_POINTS if scale == "mini" else list(CPU_POINTS)
 
 
+def point_names(points: str, scale: str) -> list[str]:
+    """``--points``: comma-separated names; ``default`` / ``all`` expand in place (``default,d12_bs32k``)."""
+    names = []
+    for n in (n.strip() for n in points.split(",")):
+        names += default_points(scale) if n == "default" else list(SCALES[scale][0]) if n == "all" else [n] if n else []
+    return list(dict.fromkeys(names))
+
+
 def pretrain_config(spec: dict, workdir, tokenizer: str, sets: list[str], total_steps: int, probe: bool = False):
     from interplay_jax.config import load_config, override
     _, _, preset, model_preset, buckets = SCALES[spec.get("scale", "mini")]
@@ -315,9 +323,7 @@ def rewrite(a) -> int:
 
 
 def run_sweep(a) -> int:
-    names = default_points(a.scale) if a.points == "default" else list(SCALES[a.scale][0]) if a.points == "all" else [
-        n.strip() for n in a.points.split(",") if n.strip()]
-    specs = [point_spec(n, a.scale) for n in names]
+    specs = [point_spec(n, a.scale) for n in point_names(a.points, a.scale)]
     out = pathlib.Path(a.out).absolute()
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = a.tokenizer
@@ -411,7 +417,8 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=180.0, help="(recipe mode) training seconds of the E1 base")
     p.add_argument("--mixture", default="base", help="(recipe mode) only points trained on this mixture")
     p.add_argument("--out", default="out/sweep_mini")
-    p.add_argument("--points", default="default", help="default | all | comma-separated names (see `list`)")
+    p.add_argument("--points", default="default",
+                   help="comma-separated names (see `list`); default / all expand in place, e.g. default,d12_bs32k")
     p.add_argument("--spec", default="", help="(point mode) the point as JSON")
     p.add_argument("--minutes", type=float, default=3.0, help="training minutes per point (probe-based)")
     p.add_argument("--tokens", default="", help="train this many tokens per point instead of --minutes")

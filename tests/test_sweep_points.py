@@ -58,3 +58,11 @@ def test_unknown_point_is_one_line():
     s = _sweep()
     with pytest.raises(SystemExit, match="unknown cpu point 'd12_lr2e-3'"):
         s.point_spec("d12_lr2e-3", "cpu")
+
+
+def test_point_names_expand_default_in_place():
+    s = _sweep()
+    assert s.point_names("default,d12_bs32k", "mini") == s.DEFAULT_POINTS + ["d12_bs32k"]
+    assert s.point_names("d12_lr2e-3, default", "mini")[0] == "d12_lr2e-3"
+    assert len(s.point_names("d12_lr2e-3, default", "mini")) == len(s.DEFAULT_POINTS)
+    assert s.point_names("all", "cpu") == list(s.CPU_POINTS)
