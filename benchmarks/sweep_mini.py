@@ -413,7 +413,7 @@ def recipe(a) -> int:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python benchmarks/sweep_mini.py")
     p.add_argument("mode", choices=("run", "point", "list", "recipe", "table"))
-    p.add_argument("--sweep", default="", help="(recipe / table mode) a sweep.json")
+    p.add_argument("--sweep", default="", help="(recipe mode) a sweep.json; (table mode) a sweep.json or a sweep DIR")
     p.add_argument("--seconds", type=float, default=180.0, help="(recipe mode) training seconds of the E1 base")
     p.add_argument("--mixture", default="base", help="(recipe mode) only points trained on this mixture")
     p.add_argument("--out", default="out/sweep_mini")
