@@ -81,6 +81,7 @@ CPU_POINTS = {
     "t4_easy": dict(mixture="cpu_easy"),
     "t4_bs16k": dict(batch_size=32),
 }
+CPU_MIXTURE_NAMES = {v: k for k, v in CPU_MIXTURES.items()}     # the table shows names, not JSON
 SCALES = {  # scale -> (points, common fields, config preset of pretrain.py / eval.py, model preset, buckets)
     "mini": (POINTS, COMMON, "mini", "small", "ID:2-10,OOD-edge:11-14"),
     "cpu": (CPU_POINTS, CPU_COMMON, "cpu", "tiny", "ID:2-5,OOD-edge:6-7"),
@@ -255,7 +256,7 @@ def table(records: list[dict]) -> str:
     for r in records:
         s = {**r["spec"], **r.get("effective", {})}
         m = {**{"num_layers": 10, "hidden_size": 256}, **r["spec"]["model"], **r.get("effective", {})}
-        mixture = {v: k for k, v in CPU_MIXTURES.items()}.get(s["mixture"], s["mixture"])
+        mixture = CPU_MIXTURE_NAMES.get(s["mixture"], s["mixture"])
         ev = r.get("eval", {})
 
         def pk(bucket, metric, which):
@@ -342,7 +343,7 @@ def run_sweep(a) -> int:
             d.mkdir(exist_ok=True)
             cmd = [sys.executable, __file__, "point", "--spec", json.dumps(spec), "--out", str(d),
                    "--tokenizer", tokenizer, "--minutes", str(a.minutes), "--tokens", str(a.tokens or ""),
-                   "--probe-steps", str(a.probe_steps), "--guard-s", str(guard), "--scale", a.scale, "--eval-ops", a.eval_ops,
+                   "--probe-steps", str(a.probe_steps), "--guard-s", str(guard), "--eval-ops", a.eval_ops,
                    "--eval-per-op", str(a.eval_per_op), "--eval-n", str(a.eval_n),
                    "--eval-max-new", str(a.eval_max_new), "--eval-batch", str(a.eval_batch)]
             for kv in a.set:
@@ -439,6 +440,8 @@ def main(argv=None) -> int:
     p.add_argument("--eval-max-new", type=int, default=0, help="default: 768 (mini), 320 (cpu)")
     p.add_argument("--eval-batch", type=int, default=32)
     a = p.parse_args(argv)
+    if a.mode == "point" and a.spec:             # a point's scale is its spec's (one source for train and eval)
+        a.scale = json.loads(a.spec).get("scale", "mini")
     a.eval_ops = a.eval_ops or ("2-14" if a.scale == "mini" else "2-7")
     a.eval_max_new = a.eval_max_new or (768 if a.scale == "mini" else 320)
     if a.mode == "list":
