@@ -88,6 +88,9 @@ def test_error_analysis_primary_outcomes_and_flags():
     assert a["flags"]["process_ok_answer_wrong"] == pytest.approx(1 / 6)   # the last one
     assert a["flags"]["extra_nodes"] == pytest.approx(1 / 6) and a["flags"]["not_stopped"] == pytest.approx(1 / 6)
     assert a["extra_steps"] == pytest.approx((-3 + 2) / 6)
+    assert a["redefined"] is None                       # samples scored before the field was stored
+    ss[2]["redefined_nodes"], ss[3]["redefined_nodes"] = 1, 0
+    assert errors.per_op([dict(op=2, id="x", samples=ss)])[2]["redefined"] == pytest.approx(1 / 2)
 
 
 def test_op2_vs_op3_paragraph_is_computed():

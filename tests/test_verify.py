@@ -214,6 +214,18 @@ def test_extra_node_does_not_lower_process_acc():
         assert v.extra_nodes == 1 and v.process_acc == 1.0 and v.verified_correct and not v.process_exact
 
 
+def test_a_step_repeated_counts_as_redefined():
+    for r in _cases():
+        gold = r["solution"]
+        assert verify(gold, gold).redefined_nodes == 0
+        steps = _steps(gold)
+        again = steps[-1].group(0)                 # the asked node defined a second time, after itself
+        v = verify(gold, _replace(gold, steps[-1].end(), steps[-1].end(), " " + again))
+        assert v.redefined_nodes == 1 and v.extra_nodes == 0 and v.n_pred == len(steps)
+        twice = " " + steps[0].group(0) + " " + steps[1].group(0)
+        assert V.parse_solution(_replace(gold, steps[-1].end(), steps[-1].end(), twice)).n_redefined == 2
+
+
 def test_reverse_values_compared_at_the_solved_x(reference_dir):
     r = next(r for r in _reference(reference_dir) if "Define adult crow in Hamilton Farm as x" in r["solution"])
     gold = r["solution"]

@@ -12,9 +12,11 @@ the gold nodes. A sample gets ONE primary outcome, the first that applies in thi
 
 so the shares of one op sum to 1. Beside them, non-exclusive shares: any dependency / missing /
 value / answer mismatch, ``extra_nodes`` (steps the gold does not have), ``process_ok_answer_wrong``,
-``answer_ok_process_wrong``, ``not_stopped`` (hit the token limit), the mean number of steps written
-minus gold steps, and the mean generated length. Samples scored before ``answer_parsed`` / ``n_pred``
-were stored have no ``format`` information (counted by their other errors). Pure Python + numpy.
+``answer_ok_process_wrong``, ``not_stopped`` (hit the token limit), ``redefined`` (a step defines a
+name that an earlier step already defined: the response went back over a node), the mean number of
+steps written minus gold steps, and the mean generated length. Samples scored before ``answer_parsed``
+/ ``n_pred`` were stored have no ``format`` information (counted by their other errors); before
+``redefined_nodes`` was stored, ``redefined`` is None. Pure Python + numpy.
 """
 from __future__ import annotations
 
@@ -66,7 +68,7 @@ def flags(s: Mapping) -> dict:
 
 def per_op(prompts: Sequence[Mapping]) -> dict:
     """``{op: {"samples": N, "primary": {outcome: share}, "flags": {flag: share},
-    "extra_steps": mean(n_pred - n_gold) | None, "mean_length": tokens}}``."""
+    "extra_steps": mean(n_pred - n_gold) | None, "redefined": share | None, "mean_length": tokens}}``."""
     by_op = defaultdict(list)
     for p in prompts:
         by_op[int(p["op"])].extend(p.get("samples") or [])
@@ -78,11 +80,13 @@ def per_op(prompts: Sequence[Mapping]) -> dict:
         prim = [primary(s) for s in ss]
         fl = [flags(s) for s in ss]
         steps = [int(s["n_pred"]) - int(s["n_gold"]) for s in ss if "n_pred" in s and "n_gold" in s]
+        redefined = [int(s["redefined_nodes"]) > 0 for s in ss if "redefined_nodes" in s]
         out[op] = {
             "samples": len(ss),
             "primary": {c: prim.count(c) / len(ss) for c in PRIMARY},
             "flags": {f: float(np.mean([x[f] for x in fl])) for f in FLAGS},
             "extra_steps": float(np.mean(steps)) if steps else None,
+            "redefined": float(np.mean(redefined)) if redefined else None,
             "mean_length": float(np.mean([s.get("length", 0) for s in ss])),
         }
     return out
@@ -119,14 +123,15 @@ def markdown(analysis: Mapping, title: str = "error analysis per op") -> list[st
     lines = [f"## {title} (% of samples; primary = the first error in the order format, missing node, "
              "dependency, value, answer)", "",
              "| op | samples | " + " | ".join(PRIMARY) + " | extra nodes | process ok, answer wrong | "
-             "answer ok, process wrong | not stopped | steps − gold | length |",
-             "|---|---|" + "---|" * (len(PRIMARY) + 6)]
+             "answer ok, process wrong | not stopped | defined twice | steps − gold | length |",
+             "|---|---|" + "---|" * (len(PRIMARY) + 7)]
     for op, e in sorted(analysis.items()):
         f = e["flags"]
         xs = "-" if e.get("extra_steps") is None else f"{e['extra_steps']:+.2f}"
         lines.append(f"| {op} | {e['samples']} | " + " | ".join(_pct(e["primary"][c]) for c in PRIMARY)
                      + f" | {_pct(f['extra_nodes'])} | {_pct(f['process_ok_answer_wrong'])} | "
-                     f"{_pct(f['answer_ok_process_wrong'])} | {_pct(f['not_stopped'])} | {xs} | "
+                     f"{_pct(f['answer_ok_process_wrong'])} | {_pct(f['not_stopped'])} | "
+                     f"{_pct(e.get('redefined'))} | {xs} | "
                      f"{e['mean_length']:.0f} |")
     return lines
 
@@ -186,7 +191,8 @@ def compare_ops(analysis: Mapping, per_op_passk: Mapping, a: int = 2, b: int = 3
         f"op{b} here. {excess} Signs of "
         f"continuing past the asked node: extra nodes {100 * fa['extra_nodes']:.0f}% vs "
         f"{100 * fb['extra_nodes']:.0f}%, every gold node right but the answer wrong "
-        f"{100 * fa['process_ok_answer_wrong']:.0f}% vs {100 * fb['process_ok_answer_wrong']:.0f}%, steps "
+        f"{100 * fa['process_ok_answer_wrong']:.0f}% vs {100 * fb['process_ok_answer_wrong']:.0f}%, a node "
+        f"defined twice {_pct(ea.get('redefined'))}% vs {_pct(eb.get('redefined'))}%, steps "
         f"written minus gold steps {xs(ea)} vs {xs(eb)}. Generator ({generator_n} forward problems per op): "
         f"op{a} has {ga['distractors']:.1f} distractor sentences beside {ga['sentences'] - ga['distractors']:.0f} "
         f"needed one(s) ({100 * ga['distractor_share']:.0f}% of sentences) vs op{b} "

@@ -42,7 +42,8 @@ def score_sample(item: dict, text: str, length: int, stopped: bool) -> dict:
     v = verify(item["record"]["solution"], text)
     s = {"verified_correct": bool(v.verified_correct), "answer_correct": bool(v.answer_correct),
          "process_acc": float(v.process_acc), "length": int(length), "stopped": bool(stopped),
-         "n_gold": int(v.n_gold), "n_pred": int(v.n_pred), "answer_parsed": v.pred_answer is not None}
+         "n_gold": int(v.n_gold), "n_pred": int(v.n_pred), "answer_parsed": v.pred_answer is not None,
+         "redefined_nodes": int(v.redefined_nodes)}
     s.update({k: int(getattr(v, k)) for k in ERROR_FIELDS})
     return s
 

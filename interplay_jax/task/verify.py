@@ -160,6 +160,7 @@ class ParsedSolution(NamedTuple):
     n_defines: int       # Define steps seen (including duplicates)
     answer: str | None
     x_solution: Fraction | int | None   # x solved from "We know V = c" (reverse), else None
+    n_redefined: int = 0  # parsed steps that define a name an earlier step already defined
 
 
 _UNKNOWN = "unknown"
@@ -306,14 +307,14 @@ def parse_solution(text: str) -> ParsedSolution:
     steps: dict = {}
     var_to_name: dict = {}
     env: dict = {}
-    n_defines = 0
+    n_defines = n_redefined = 0
     for chunk in chunks[1:MAX_STEPS + 1]:
         n_defines += 1
         dot = chunk.find(".", 0, MAX_STEP_CHARS)      # a step ends at its first "."
         chunk = chunk[:MAX_STEP_CHARS] if dot < 0 else chunk[:dot + 1]
         step = _parse_step(chunk, var_to_name, env)
         if step is not None:
-            steps.pop(step.name, None)
+            n_redefined += steps.pop(step.name, None) is not None
             steps[step.name] = step
     x_solution = None
     match = _WE_KNOW.search(body, max(0, len(body) - 2000))
@@ -323,7 +324,7 @@ def parse_solution(text: str) -> ParsedSolution:
             x_solution = Fraction(int(match.group(2)) - lin[1], lin[0])
             if x_solution.denominator == 1:
                 x_solution = int(x_solution)
-    return ParsedSolution(steps, n_defines, answer, x_solution)
+    return ParsedSolution(steps, n_defines, answer, x_solution, n_redefined)
 
 
 # ----------------------------------------------------------------------------- gold
@@ -381,7 +382,9 @@ class NodeResult(NamedTuple):
 @dataclasses.dataclass(slots=True)
 class Verdict:
     """Result of :func:`verify`. Error counts are over gold nodes (a node can have both a dependency
-    and a value mismatch); ``extra_nodes`` counts predicted names absent from the gold graph."""
+    and a value mismatch); ``extra_nodes`` counts predicted names absent from the gold graph,
+    ``redefined_nodes`` the predicted steps that define a name a step before them already defined
+    (the later one is scored)."""
     process_acc: float
     answer_correct: bool
     verified_correct: bool
@@ -397,6 +400,7 @@ class Verdict:
     gold_answer: str
     nodes: tuple = ()
     parse_error: bool = False
+    redefined_nodes: int = 0
 
     @property
     def error_counts(self) -> dict:
@@ -444,7 +448,7 @@ def _verify(gold_solution: str, response: str) -> Verdict:
     acc = n_correct / n_gold if n_gold else 0.0
     return Verdict(acc, answer_ok, answer_ok and n_gold > 0 and n_correct == n_gold, n_gold, len(pred_steps),
                    n_correct, dep_mis, missing, val_mis, int(not answer_ok), extra, pred.answer, gold.answer,
-                   tuple(nodes))
+                   tuple(nodes), redefined_nodes=pred.n_redefined)
 
 
 def verify(gold_solution: str, response: str) -> Verdict:
