@@ -254,7 +254,7 @@ class Runner:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python benchmarks/run_experiment.py")
     p.add_argument("experiment")
-    p.add_argument("--scale", default="mini", choices=dag.SCALES)
+    p.add_argument("--scale", default="mini", help=f"{', '.join(dag.SCALES)}, or one the experiment adds")
     p.add_argument("--root", default="runs/experiments")
     p.add_argument("--override", action="append", default=[], metavar="RUN.KEY=VALUE")
     p.add_argument("--limit", action="append", default=[], metavar="KIND=SECONDS")

@@ -1,7 +1,12 @@
 """E1 (§3): where should RL data sit? Base pre-trained on op2-10 (20/30/50), then GRPO on op7-10 /
 op9-12 / op11-14 / op17-20; all evaluated on op2-20. Finding: ID pass@1 rises, pass@128 never beats
-the base on ID; RL at the edge of competence (op11-14) lifts OOD pass@128 by up to +42 points."""
-from interplay_jax.experiments import grid
+the base on ID; RL at the edge of competence (op11-14) lifts OOD pass@128 by up to +42 points.
+
+Scale ``cpu_shifted`` (a deviation, BUILD_NOTES "E1 one size down"): the study's design on this 2-core
+CPU, every op range shifted down to what a 1M model learns in 30 minutes: the base pre-trained on
+op2-5 (20/30/50 over op2-3 / op4 / op5), RL on op4-5 / op5-6 / op6-7 / op8-9 (the places of op7-10 /
+op9-12 / op11-14 / op17-20), evaluated on op2-9: ID op2-5, OOD-edge op6-7, OOD-hard op8-9."""
+from interplay_jax.experiments import dag, grid
 
 REGIMES = ("op7-10", "op9-12", "op11-14", "op17-20")
 EDGE_PROBE = {  # per-op probe of the edge preset (configs/rl.py data.edge)
@@ -20,13 +25,60 @@ FINDINGS = (
     ("RL at the edge (op11-14) raises OOD-edge pass@1", "rl_op11-14", "OOD-edge", 1, "up", False),
     ("RL on op7-10 raises ID pass@1", "rl_op7-10", "ID", 1, "up", False),
 )
+SCALES = dag.SCALES + ("cpu_shifted",)
+# cpu_shifted: regime -> its ops, and the study regime whose place it takes
+SHIFTED_REGIMES = {"op4-5": ((4, 5), "op7-10"), "op5-6": ((5, 6), "op9-12"), "op6-7": ((6, 7), "op11-14"),
+                   "op8-9": ((8, 9), "op17-20")}
+SHIFTED_BUCKETS = "ID:2-5,OOD-edge:6-7,OOD-hard:8-9"
+# the base: the sweep's best CPU recipe (benchmarks/results/sweep_cpu) run for 30 minutes
+# (benchmarks/results/cpu_curve/commands.sh: the same fields)
+SHIFTED_BASE = {"mixture": '[{"ops": [2, 3], "weight": 0.2}, {"ops": [4], "weight": 0.3}, {"ops": [5], "weight": 0.5}]',
+                "seq_len": 512, "batch_size": 16, "document_mask": True, "optimizer.lr": 2e-3,
+                "optimizer.min_lr": 2e-4, "optimizer.b2": 0.98, "total_steps": 4800, "ckpt_every": 1200,
+                "keep_checkpoints": 5, "eval_every": 0, "eval.buckets": "ID:2-5,OOD-edge:6-7"}
+# every RL run: 40 steps of 16 prompts x 8 rollouts (5,120 rollouts); lr 1e-5 = the study's RL / pre-training
+# lr ratio (1e-6 / 2e-4) times the base's 2e-3 (the configs' cpu preset)
+SHIFTED_RL = {"rl.num_prompts": 16, "rl.n": 8, "rl.max_response_len": 256, "rl.total_steps": 40, "ckpt_every": 10,
+              "optimizer.lr": 1e-5}
+SHIFTED_EDGE = {"data.edge.ops": "2-9", "data.edge.per_op": 8, "data.edge.n": 16, "data.edge.max_new_tokens": 256}
+SHIFTED_EVAL = {"eval.ops": "2-9", "eval.per_op": 32, "sampling.n": 16, "sampling.max_new_tokens": 320,
+                "sampling.batch_prompts": 32, "buckets": SHIFTED_BUCKETS}
+SHIFTED_FINDINGS = (
+    ("RL at the edge (op6-7) lifts OOD-edge pass@n above the base", "rl_op6-7", "OOD-edge", "n", "up", True),
+    ("RL on in-distribution ops (op4-5) does not lift ID pass@n above the base", "rl_op4-5", "ID", "n", "not_up",
+     True),
+    ("RL at the probed edge lifts OOD-edge pass@n above the base", "rl_edge", "OOD-edge", "n", "up", False),
+    ("RL at the edge (op6-7) raises OOD-edge pass@1", "rl_op6-7", "OOD-edge", 1, "up", False),
+    ("RL on op4-5 raises ID pass@1", "rl_op4-5", "ID", 1, "up", False),
+)
 PUBLISHED = {  # strict pass@k on the released checkpoints (docs/experiments.md)
     "base": {"OOD-edge": {"1": 18.2, "128": 41.1}, "ID": {"1": 83.1}},
     "rl_op11-14": {"OOD-edge": {"1": 50.6, "128": 84.0}, "ID": {"1": 82.6}},
 }
 
 
+def findings(scale):
+    return SHIFTED_FINDINGS if scale == "cpu_shifted" else FINDINGS
+
+
+def shifted_runs():
+    tok = grid.Run(grid.TOKENIZER, "tokenizer.py", "", {"num_docs": 20_000},
+                   note="byte-level BPE on 20,000 generated documents (= the default tokenizer)")
+    out = [tok, grid.Run("base", "pretrain.py", "base,cpu", dict(SHIFTED_BASE), refs=dict(grid.TOK_REF),
+                         note="pre-training op2-5 (20/30/50), 30 min")]
+    for regime, (ops, study) in SHIFTED_REGIMES.items():
+        out.append(grid.rl(f"rl_{regime}", "base", "uniform", "cpu", note=f"GRPO on {regime} (the study's {study})",
+                           **{**SHIFTED_RL, "data.ops": ops}))
+    out.append(grid.rl("rl_edge", "base", "edge", "cpu", note="GRPO on the base's edge of competence (probed)",
+                       **SHIFTED_RL, **SHIFTED_EDGE))
+    names = ["base"] + [f"rl_{r}" for r in SHIFTED_REGIMES] + ["rl_edge"]
+    out.append(grid.evaluate("eval", names, "cpu", note="pass@k, base vs each RL regime", **SHIFTED_EVAL))
+    return out
+
+
 def runs(scale):
+    if scale == "cpu_shifted":
+        return shifted_runs()
     out = [grid.tokenizer(scale), grid.pretrain("base", "base", scale, note="pre-training op2-10 (20/30/50)")]
     for regime in REGIMES:
         out.append(grid.rl(f"rl_{regime}", "base", regime, scale, note=f"GRPO on {regime}"))

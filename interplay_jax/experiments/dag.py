@@ -18,7 +18,7 @@ from interplay_jax.errors import ConfigError
 EXPERIMENTS_DIR = config_lib.REPO / "experiments"
 EXPERIMENTS = ("E1", "E2", "E3", "E4", "E5", "E7")
 ALIASES = {"E6": "E5"}   # E5 and E6 are one grid (context share in RL) at two readouts
-SCALES = ("mini", "paper", "cpu")
+SCALES = ("mini", "paper", "cpu")      # every experiment's; a definition may add its own (its ``SCALES``)
 DONE_MARKER = "EXPERIMENT_RUN_DONE"
 
 
@@ -48,9 +48,11 @@ def experiment_module(name: str):
 
 def expand(name: str, scale: str) -> list[Run]:
     """The runs of experiment ``name`` at ``scale`` in dependency order."""
-    if scale not in SCALES:
-        raise ConfigError(f"unknown scale {scale!r}; known: {', '.join(SCALES)}")
-    runs = experiment_module(name).runs(scale)
+    module = experiment_module(name)
+    known = getattr(module, "SCALES", SCALES)
+    if scale not in known:
+        raise ConfigError(f"unknown scale {scale!r} for {name.upper()}; known: {', '.join(known)}")
+    runs = module.runs(scale)
     return topo_order(runs)
 
 

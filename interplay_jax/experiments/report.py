@@ -237,14 +237,15 @@ def _paired(summaries: dict, base: str, run: str) -> dict:
     return bootstrap.paired_deltas(b["prompts"], r["prompts"], buckets)
 
 
-def finding_section(module, summaries: dict) -> list[str]:
+def finding_section(module, summaries: dict, scale: str = "mini") -> list[str]:
     """The definition's ``FINDINGS`` checked against paired deltas (95% intervals).
 
     Each claim is ``(text, run, bucket, k, expect, core[, base])``: ``k`` an int or "n" (the largest
     k both have), ``expect`` "up" (shows when the interval lies above 0) or "not_up" (shows when it
     does not), ``core`` whether the claim is part of the overall verdict, ``base`` the run compared
-    against (default: the first evaluated checkpoint)."""
-    claims = getattr(module, "FINDINGS", ())
+    against (default: the first evaluated checkpoint). A definition whose claims depend on the scale
+    gives ``findings(scale)`` instead."""
+    claims = module.findings(scale) if hasattr(module, "findings") else getattr(module, "FINDINGS", ())
     if not claims:
         return []
     lines = ["## Does the study's finding show at this scale?", "",
@@ -307,7 +308,7 @@ def build(experiment: str, scale: str, root: pathlib.Path, out: pathlib.Path | N
     if curves:
         paths["rl_curves"] = str(curves)
     md = [f"# {experiment.upper()} ({scale} scale)", "", (module.__doc__ or "").strip(), ""]
-    md += finding_section(module, summaries)
+    md += finding_section(module, summaries, scale)
     facts = run_facts(runs, exp_root)
     if facts:
         md += ["## Runs", "", "| run | steps done / planned | tokens | minutes | ended | params |",
@@ -334,7 +335,7 @@ def build(experiment: str, scale: str, root: pathlib.Path, out: pathlib.Path | N
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m interplay_jax.experiments.report")
     p.add_argument("experiment")
-    p.add_argument("--scale", default="mini", choices=dag.SCALES)
+    p.add_argument("--scale", default="mini", help=f"{', '.join(dag.SCALES)}, or one the experiment adds")
     p.add_argument("--root", default="runs/experiments")
     p.add_argument("--out", default="", help="write the report here (default: <root>/<E>_<scale>/report)")
     a = p.parse_args(argv)

@@ -30,7 +30,7 @@ def describe(runs, root) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m interplay_jax.experiments.run")
     p.add_argument("experiment", help="E1 .. E7")
-    p.add_argument("--scale", default="mini", choices=dag.SCALES)
+    p.add_argument("--scale", default="mini", help=f"{', '.join(dag.SCALES)}, or one the experiment adds")
     p.add_argument("--root", default="runs/experiments", help="where run directories go")
     p.add_argument("--dry-run", action="store_true", help="print the DAG and exit")
     p.add_argument("--emit-commands", action="store_true", help="print one command per run and exit")
