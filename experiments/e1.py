@@ -36,9 +36,9 @@ SHIFTED_BASE = {"mixture": '[{"ops": [2, 3], "weight": 0.2}, {"ops": [4], "weigh
                 "seq_len": 512, "batch_size": 16, "document_mask": True, "optimizer.lr": 2e-3,
                 "optimizer.min_lr": 2e-4, "optimizer.b2": 0.98, "total_steps": 4800, "ckpt_every": 1200,
                 "keep_checkpoints": 5, "eval_every": 0, "eval.buckets": "ID:2-5,OOD-edge:6-7"}
-# every RL run: 40 steps of 16 prompts x 8 rollouts (5,120 rollouts); lr 1e-5 = the study's RL / pre-training
+# every RL run: 60 steps of 16 prompts x 8 rollouts (7,680 rollouts); lr 1e-5 = the study's RL / pre-training
 # lr ratio (1e-6 / 2e-4) times the base's 2e-3 (the configs' cpu preset)
-SHIFTED_RL = {"rl.num_prompts": 16, "rl.n": 8, "rl.max_response_len": 256, "rl.total_steps": 40, "ckpt_every": 10,
+SHIFTED_RL = {"rl.num_prompts": 16, "rl.n": 8, "rl.max_response_len": 256, "rl.total_steps": 60, "ckpt_every": 10,
               "optimizer.lr": 1e-5}
 SHIFTED_EDGE = {"data.edge.ops": "2-9", "data.edge.per_op": 8, "data.edge.n": 16, "data.edge.max_new_tokens": 256}
 SHIFTED_EVAL = {"eval.ops": "2-9", "eval.per_op": 32, "sampling.n": 16, "sampling.max_new_tokens": 320,
