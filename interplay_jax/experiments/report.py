@@ -251,7 +251,8 @@ def finding_section(module, summaries: dict, scale: str = "mini") -> list[str]:
     lines = ["## Does the study's finding show at this scale?", "",
              "Each claim is a paired difference against the base over the same prompts, with its 95% bootstrap "
              "interval; the claims and the rule were fixed before the run (experiments/"
-             f"{module.__name__.rsplit('_', 1)[-1]}.py `FINDINGS`).", "",
+             f"{module.__name__.rsplit('_', 1)[-1]}.py "
+             f"{f'`findings({scale!r})`' if hasattr(module, 'findings') else '`FINDINGS`'}).", "",
              "A claim has no signal when the base and the run are both at 0% (or, for \"does not lift\", the base "
              "is already at 100%): then it is neither confirmed nor refuted.", "",
              "| claim | run | bucket | metric | base | run | Δ (points) [95% CI] | shows? |",
