@@ -35,6 +35,17 @@ def run(cmd, timeout=120):
 WORKERS = ("--config.data.workers=2",)   # two data worker processes (the stream depends on the count)
 
 
+def _group_gone(pgid: int, timeout: float) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def test_kill9_resume_is_bit_identical(tmp_path, tokenizer_path):
     ref = tmp_path / "ref"
     killed = tmp_path / "killed"
@@ -42,7 +53,7 @@ def test_kill9_resume_is_bit_identical(tmp_path, tokenizer_path):
     a = subprocess.Popen(pretrain_cmd(ref, tokenizer_path, extra=WORKERS), cwd=REPO, env=ENV, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True)
     b = subprocess.Popen(pretrain_cmd(killed, tokenizer_path, extra=WORKERS), cwd=REPO, env=ENV,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 300       # (a loaded machine compiles slowly; this is no speed test)
         while time.time() < deadline and not ck.complete_steps(killed) and b.poll() is None:
@@ -50,11 +61,17 @@ def test_kill9_resume_is_bit_identical(tmp_path, tokenizer_path):
         time.sleep(random.uniform(0.0, 0.4))          # a random step after the first checkpoint
         b.send_signal(signal.SIGKILL)
         b.wait()
+        orphans_gone = _group_gone(b.pid, timeout=20)   # its data workers follow it out
         out_a, _ = a.communicate(timeout=300)
     finally:
         for p in (a, b):
             if p.poll() is None:
                 p.kill()
+        try:
+            os.killpg(b.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert orphans_gone, "data worker processes outlived their killed run"
     assert a.returncode == 0, out_a[-3000:]
     assert "resource_tracker" not in out_a, out_a[-3000:]   # no shared memory left behind by the workers
     assert b.returncode == -signal.SIGKILL, "the run finished before it could be killed"

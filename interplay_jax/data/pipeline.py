@@ -18,7 +18,10 @@ stream exactly (the packer re-reads its current buffer from the recorded parent 
 """
 from __future__ import annotations
 
+import os
 import pathlib
+import threading
+import time
 from typing import Callable, Iterable, Sequence
 
 import grain
@@ -269,8 +272,23 @@ def build_dataset(source, encode_batch: Callable[[list], list] | None, *, seq_le
         it = grain.experimental.WithOptionsIterDataset(it.map(_handed_over_pickled),
                                                        grain.experimental.DatasetOptions(min_shm_size=_NO_SHM))
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(workers),
-                                                         per_worker_buffer_size=int(worker_buffer)))
+                                                         per_worker_buffer_size=int(worker_buffer)),
+                            worker_init_fn=_exit_with_parent)
     return it
+
+
+def _exit_with_parent(worker_index: int, worker_count: int) -> None:
+    """grain worker init: the worker exits when the process that started it is gone. A run killed
+    with SIGKILL (or by the OOM killer) cannot stop its workers, and grain's would otherwise wait on
+    their queues forever, each holding its memory."""
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 _NO_SHM = 1 << 62      # grain's min_shm_size: no array is this large
