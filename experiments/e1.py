@@ -13,18 +13,25 @@ EDGE_PROBE = {  # per-op probe of the edge preset (configs/rl.py data.edge)
     "cpu": {"data.edge.per_op": 2, "data.edge.n": 4, "data.edge.max_new_tokens": 160, "data.edge.ops": "2-14"},
     "mini": {"data.edge.per_op": 8, "data.edge.n": 16, "data.edge.max_new_tokens": 768},
 }
+
+
 # The claims the report checks (fixed before any run): (text, run, bucket, k or "n" = the largest k,
 # expect: "up" = the paired 95% interval of the delta lies above 0 / "not_up" = it does not, core:
 # part of the overall verdict). The study's edge is op11-14 by its definition, so rl_op11-14 carries
 # the core claim; the probed edge run is reported beside it.
-FINDINGS = (
-    ("RL at the edge (op11-14) lifts OOD-edge pass@n above the base", "rl_op11-14", "OOD-edge", "n", "up", True),
-    ("RL on in-distribution ops (op7-10) does not lift ID pass@n above the base", "rl_op7-10", "ID", "n", "not_up",
-     True),
-    ("RL at the probed edge lifts OOD-edge pass@n above the base", "rl_edge", "OOD-edge", "n", "up", False),
-    ("RL at the edge (op11-14) raises OOD-edge pass@1", "rl_op11-14", "OOD-edge", 1, "up", False),
-    ("RL on op7-10 raises ID pass@1", "rl_op7-10", "ID", 1, "up", False),
-)
+def _claims(id_regime: str, edge_regime: str) -> tuple:
+    return (
+        (f"RL at the edge ({edge_regime}) lifts OOD-edge pass@n above the base", f"rl_{edge_regime}", "OOD-edge",
+         "n", "up", True),
+        (f"RL on in-distribution ops ({id_regime}) does not lift ID pass@n above the base", f"rl_{id_regime}", "ID",
+         "n", "not_up", True),
+        ("RL at the probed edge lifts OOD-edge pass@n above the base", "rl_edge", "OOD-edge", "n", "up", False),
+        (f"RL at the edge ({edge_regime}) raises OOD-edge pass@1", f"rl_{edge_regime}", "OOD-edge", 1, "up", False),
+        (f"RL on {id_regime} raises ID pass@1", f"rl_{id_regime}", "ID", 1, "up", False),
+    )
+
+
+FINDINGS = _claims("op7-10", "op11-14")
 SCALES = dag.SCALES + ("cpu_shifted",)
 # cpu_shifted: regime -> its ops, and the study regime whose place it takes
 SHIFTED_REGIMES = {"op4-5": ((4, 5), "op7-10"), "op5-6": ((5, 6), "op9-12"), "op6-7": ((6, 7), "op11-14"),
@@ -43,14 +50,7 @@ SHIFTED_RL = {"rl.num_prompts": 16, "rl.n": 8, "rl.max_response_len": 256, "rl.t
 SHIFTED_EDGE = {"data.edge.ops": "2-9", "data.edge.per_op": 8, "data.edge.n": 16, "data.edge.max_new_tokens": 256}
 SHIFTED_EVAL = {"eval.ops": "2-9", "eval.per_op": 32, "sampling.n": 16, "sampling.max_new_tokens": 320,
                 "sampling.batch_prompts": 32, "buckets": SHIFTED_BUCKETS}
-SHIFTED_FINDINGS = (
-    ("RL at the edge (op6-7) lifts OOD-edge pass@n above the base", "rl_op6-7", "OOD-edge", "n", "up", True),
-    ("RL on in-distribution ops (op4-5) does not lift ID pass@n above the base", "rl_op4-5", "ID", "n", "not_up",
-     True),
-    ("RL at the probed edge lifts OOD-edge pass@n above the base", "rl_edge", "OOD-edge", "n", "up", False),
-    ("RL at the edge (op6-7) raises OOD-edge pass@1", "rl_op6-7", "OOD-edge", 1, "up", False),
-    ("RL on op4-5 raises ID pass@1", "rl_op4-5", "ID", 1, "up", False),
-)
+SHIFTED_FINDINGS = _claims("op4-5", "op6-7")   # the same claims, at the shifted places
 PUBLISHED = {  # strict pass@k on the released checkpoints (docs/experiments.md)
     "base": {"OOD-edge": {"1": 18.2, "128": 41.1}, "ID": {"1": 83.1}},
     "rl_op11-14": {"OOD-edge": {"1": 50.6, "128": 84.0}, "ID": {"1": 82.6}},
