@@ -237,7 +237,7 @@ def _paired(summaries: dict, base: str, run: str) -> dict:
     return bootstrap.paired_deltas(b["prompts"], r["prompts"], buckets)
 
 
-def finding_section(module, summaries: dict, scale: str = "mini") -> list[str]:
+def finding_section(module, summaries: dict, scale: str) -> list[str]:
     """The definition's ``FINDINGS`` checked against paired deltas (95% intervals).
 
     Each claim is ``(text, run, bucket, k, expect, core[, base])``: ``k`` an int or "n" (the largest
@@ -245,14 +245,16 @@ def finding_section(module, summaries: dict, scale: str = "mini") -> list[str]:
     does not), ``core`` whether the claim is part of the overall verdict, ``base`` the run compared
     against (default: the first evaluated checkpoint). A definition whose claims depend on the scale
     gives ``findings(scale)`` instead."""
-    claims = module.findings(scale) if hasattr(module, "findings") else getattr(module, "FINDINGS", ())
+    if hasattr(module, "findings"):
+        claims, source = module.findings(scale), f"`findings({scale!r})`"
+    else:
+        claims, source = getattr(module, "FINDINGS", ()), "`FINDINGS`"
     if not claims:
         return []
     lines = ["## Does the study's finding show at this scale?", "",
              "Each claim is a paired difference against the base over the same prompts, with its 95% bootstrap "
              "interval; the claims and the rule were fixed before the run (experiments/"
-             f"{module.__name__.rsplit('_', 1)[-1]}.py "
-             f"{f'`findings({scale!r})`' if hasattr(module, 'findings') else '`FINDINGS`'}).", "",
+             f"{module.__name__.rsplit('_', 1)[-1]}.py {source}).", "",
              "A claim has no signal when the base and the run are both at 0% (or, for \"does not lift\", the base "
              "is already at 100%): then it is neither confirmed nor refuted.", "",
              "| claim | run | bucket | metric | base | run | Δ (points) [95% CI] | shows? |",
