@@ -5,7 +5,12 @@ the base on ID; RL at the edge of competence (op11-14) lifts OOD pass@128 by up 
 Scale ``cpu_shifted`` (a deviation, BUILD_NOTES "E1 one size down"): the study's design on this 2-core
 CPU, every op range shifted down to what a 1M model learns in 30 minutes: the base pre-trained on
 op2-5 (20/30/50 over op2-3 / op4 / op5), RL on op4-5 / op5-6 / op6-7 / op8-9 (the places of op7-10 /
-op9-12 / op11-14 / op17-20), evaluated on op2-9: ID op2-5, OOD-edge op6-7, OOD-hard op8-9."""
+op9-12 / op11-14 / op17-20), evaluated on op2-9: ID op2-5, OOD-edge op6-7, OOD-hard op8-9.
+
+Scale ``cpu_exposed`` (a deviation, BUILD_NOTES "E1 with a seen edge"): ``cpu_shifted``'s 1M base never
+solved op6-7 (0 of 1,024 samples), so it had no edge. Here the base sees op6-7 at a 5% share (E7's
+smallest-but-one hard share, E2's ">= 1% exposure"), so the edge bucket ``edge`` (op6-7) is seen but rare,
+not out of distribution; only the two core runs (op4-5, op6-7), with responses up to 320 tokens."""
 from interplay_jax.experiments import dag, grid
 
 REGIMES = ("op7-10", "op9-12", "op11-14", "op17-20")
@@ -19,20 +24,20 @@ EDGE_PROBE = {  # per-op probe of the edge preset (configs/rl.py data.edge)
 # expect: "up" = the paired 95% interval of the delta lies above 0 / "not_up" = it does not, core:
 # part of the overall verdict). The study's edge is op11-14 by its definition, so rl_op11-14 carries
 # the core claim; the probed edge run is reported beside it.
-def _claims(id_regime: str, edge_regime: str) -> tuple:
-    return (
-        (f"RL at the edge ({edge_regime}) lifts OOD-edge pass@n above the base", f"rl_{edge_regime}", "OOD-edge",
+def _claims(id_regime: str, edge_regime: str, edge: str = "OOD-edge", probe: bool = True) -> tuple:
+    return tuple(c for c in (
+        (f"RL at the edge ({edge_regime}) lifts {edge} pass@n above the base", f"rl_{edge_regime}", edge,
          "n", "up", True),
         (f"RL on in-distribution ops ({id_regime}) does not lift ID pass@n above the base", f"rl_{id_regime}", "ID",
          "n", "not_up", True),
-        ("RL at the probed edge lifts OOD-edge pass@n above the base", "rl_edge", "OOD-edge", "n", "up", False),
-        (f"RL at the edge ({edge_regime}) raises OOD-edge pass@1", f"rl_{edge_regime}", "OOD-edge", 1, "up", False),
+        (f"RL at the probed edge lifts {edge} pass@n above the base", "rl_edge", edge, "n", "up", False),
+        (f"RL at the edge ({edge_regime}) raises {edge} pass@1", f"rl_{edge_regime}", edge, 1, "up", False),
         (f"RL on {id_regime} raises ID pass@1", f"rl_{id_regime}", "ID", 1, "up", False),
-    )
+    ) if probe or c[1] != "rl_edge")
 
 
 FINDINGS = _claims("op7-10", "op11-14")
-SCALES = dag.SCALES + ("cpu_shifted",)
+SCALES = dag.SCALES + ("cpu_shifted", "cpu_exposed")
 # cpu_shifted: regime -> its ops, and the study regime whose place it takes
 SHIFTED_REGIMES = {"op4-5": ((4, 5), "op7-10"), "op5-6": ((5, 6), "op9-12"), "op6-7": ((6, 7), "op11-14"),
                    "op8-9": ((8, 9), "op17-20")}
@@ -51,6 +56,15 @@ SHIFTED_EDGE = {"data.edge.ops": "2-9", "data.edge.per_op": 8, "data.edge.n": 16
 SHIFTED_EVAL = {"eval.ops": "2-9", "eval.per_op": 32, "sampling.n": 16, "sampling.max_new_tokens": 320,
                 "sampling.batch_prompts": 32, "buckets": SHIFTED_BUCKETS}
 SHIFTED_FINDINGS = _claims("op4-5", "op6-7")   # the same claims, at the shifted places
+# cpu_exposed: cpu_shifted's base with 5% of its data moved from op5 to op6-7; RL responses up to 320 tokens
+# (the longest op7 gold completion is 310 tokens with this tokenizer; at 256, 42% of them would be cut)
+EXPOSED_BASE = {**SHIFTED_BASE, "eval.buckets": "ID:2-5,edge:6-7",
+                "mixture": '[{"ops": [2, 3], "weight": 0.2}, {"ops": [4], "weight": 0.3}, {"ops": [5], "weight": 0.45},'
+                           ' {"ops": [6, 7], "weight": 0.05}]'}
+EXPOSED_REGIMES = {r: SHIFTED_REGIMES[r] for r in ("op4-5", "op6-7")}
+EXPOSED_RL = {**SHIFTED_RL, "rl.max_response_len": 320}
+EXPOSED_EVAL = {**SHIFTED_EVAL, "buckets": "ID:2-5,edge:6-7,OOD-hard:8-9"}
+EXPOSED_FINDINGS = _claims("op4-5", "op6-7", edge="edge", probe=False)
 PUBLISHED = {  # strict pass@k on the released checkpoints (docs/experiments.md)
     "base": {"OOD-edge": {"1": 18.2, "128": 41.1}, "ID": {"1": 83.1}},
     "rl_op11-14": {"OOD-edge": {"1": 50.6, "128": 84.0}, "ID": {"1": 82.6}},
@@ -58,27 +72,34 @@ PUBLISHED = {  # strict pass@k on the released checkpoints (docs/experiments.md)
 
 
 def findings(scale):
-    return SHIFTED_FINDINGS if scale == "cpu_shifted" else FINDINGS
+    return {"cpu_shifted": SHIFTED_FINDINGS, "cpu_exposed": EXPOSED_FINDINGS}.get(scale, FINDINGS)
 
 
-def shifted_runs():
+def shifted_runs(scale="cpu_shifted"):
+    exposed = scale == "cpu_exposed"
+    base, regimes, rl = (EXPOSED_BASE, EXPOSED_REGIMES, EXPOSED_RL) if exposed else (SHIFTED_BASE, SHIFTED_REGIMES,
+                                                                                   SHIFTED_RL)
     tok = grid.Run(grid.TOKENIZER, "tokenizer.py", "", {"num_docs": 20_000},
                    note="byte-level BPE on 20,000 generated documents (= the default tokenizer)")
-    out = [tok, grid.Run("base", "pretrain.py", "base,cpu", dict(SHIFTED_BASE), refs=dict(grid.TOK_REF),
-                         note="pre-training op2-5 (20/30/50), 30 min")]
-    for regime, (ops, study) in SHIFTED_REGIMES.items():
+    out = [tok, grid.Run("base", "pretrain.py", "base,cpu", dict(base), refs=dict(grid.TOK_REF),
+                         note="pre-training op2-5 (20/30/45) + op6-7 (5%), 30 min" if exposed
+                         else "pre-training op2-5 (20/30/50), 30 min")]
+    for regime, (ops, study) in regimes.items():
         out.append(grid.rl(f"rl_{regime}", "base", "uniform", "cpu", note=f"GRPO on {regime} (the study's {study})",
-                           **{**SHIFTED_RL, "data.ops": ops}))
-    out.append(grid.rl("rl_edge", "base", "edge", "cpu", note="GRPO on the base's edge of competence (probed)",
-                       **SHIFTED_RL, **SHIFTED_EDGE))
-    names = ["base"] + [f"rl_{r}" for r in SHIFTED_REGIMES] + ["rl_edge"]
-    out.append(grid.evaluate("eval", names, "cpu", note="pass@k, base vs each RL regime", **SHIFTED_EVAL))
+                           **{**rl, "data.ops": ops}))
+    names = ["base"] + [f"rl_{r}" for r in regimes]
+    if not exposed:
+        out.append(grid.rl("rl_edge", "base", "edge", "cpu", note="GRPO on the base's edge of competence (probed)",
+                           **rl, **SHIFTED_EDGE))
+        names.append("rl_edge")
+    out.append(grid.evaluate("eval", names, "cpu", note="pass@k, base vs each RL regime",
+                             **(EXPOSED_EVAL if exposed else SHIFTED_EVAL)))
     return out
 
 
 def runs(scale):
-    if scale == "cpu_shifted":
-        return shifted_runs()
+    if scale in ("cpu_shifted", "cpu_exposed"):
+        return shifted_runs(scale)
     out = [grid.tokenizer(scale), grid.pretrain("base", "base", scale, note="pre-training op2-10 (20/30/50)")]
     for regime in REGIMES:
         out.append(grid.rl(f"rl_{regime}", "base", regime, scale, note=f"GRPO on {regime}"))

@@ -110,23 +110,34 @@ def test_overrides_reach_one_run(tmp_path):
         dag.apply_overrides(runs, ["base=1"])
 
 
-def test_e1_shifted_scale_is_consistent(tmp_path):
-    """E1 one size down: the base trains only on ID ops, each regime sits where its study regime sits
-    (edge regime inside OOD-edge, hard regime in OOD-hard), and every claim names a run and a bucket."""
+@pytest.mark.parametrize("scale", ["cpu_shifted", "cpu_exposed"])
+def test_e1_shifted_scale_is_consistent(tmp_path, scale):
+    """E1 one size down: the base trains on ID ops (cpu_exposed: and on the edge ops at a 5% share), each
+    regime sits where its study regime sits (edge regime inside the edge bucket, hard regime in OOD-hard),
+    and every claim names a run and a bucket."""
     import json
 
     from interplay_jax.config import parse_buckets, parse_ops
 
-    runs = {r.name: r for r in dag.expand("E1", "cpu_shifted")}
+    runs = {r.name: r for r in dag.expand("E1", scale)}
     cfgs = {n: dag.load_config(r, tmp_path) for n, r in runs.items()}
     buckets = parse_buckets(cfgs["eval"].buckets)
     ops = {name: set(range(lo, hi + 1)) for name, (lo, hi) in buckets.items()}
-    assert {op for part in json.loads(cfgs["base"].mixture) for op in part["ops"]} == ops["ID"]
-    assert set(cfgs["rl_op6-7"].data.ops) == ops["OOD-edge"] and set(cfgs["rl_op8-9"].data.ops) == ops["OOD-hard"]
+    edge = "edge" if scale == "cpu_exposed" else "OOD-edge"
+    mixture = json.loads(cfgs["base"].mixture)
+    seen = {op for part in mixture for op in part["ops"]}
+    if scale == "cpu_exposed":
+        assert seen == ops["ID"] | ops[edge]
+        assert sum(p["weight"] for p in mixture if set(p["ops"]) <= ops[edge]) == pytest.approx(0.05)
+        assert "rl_edge" not in runs and "rl_op8-9" not in runs and cfgs["rl_op6-7"].rl.max_response_len == 320
+    else:
+        assert seen == ops["ID"] and set(cfgs["rl_op8-9"].data.ops) == ops["OOD-hard"]
+    assert set(cfgs["rl_op6-7"].data.ops) == ops[edge]
     assert set(cfgs["rl_op4-5"].data.ops) <= ops["ID"]
     assert set(parse_ops(cfgs["eval"].eval.ops)) == set().union(*ops.values())
     module = dag.experiment_module("E1")
-    claims = module.findings("cpu_shifted")
+    claims = module.findings(scale)
     assert claims != module.findings("mini") and all(c[1] in runs and c[2] in buckets for c in claims)
-    with pytest.raises(ConfigError, match="unknown scale 'cpu_shifted' for E2"):
-        dag.expand("E2", "cpu_shifted")
+    assert [c[5] for c in claims].count(True) == 2
+    with pytest.raises(ConfigError, match=f"unknown scale '{scale}' for E2"):
+        dag.expand("E2", scale)

@@ -1,0 +1,11 @@
+# E1 with a seen edge, on the 2-core CPU (experiments/e1.py, scale cpu_exposed; BUILD_NOTES "E1 with a seen edge").
+# cpu_shifted's base with 5% of its data moved from op5 to op6-7, trained from scratch (~30 min), then GRPO on
+# op4-5 and op6-7 (responses up to 320 tokens) and the evaluation on op2-9 (n = 16).
+set -e
+cd "$(dirname "$0")/../../.."   # the repository root
+PY=${PY:-python}
+ROOT=runs/experiments
+export JAX_PLATFORMS=cpu
+time "$PY" benchmarks/run_experiment.py E1 --scale=cpu_exposed --root=$ROOT --override '*.progress=False' \
+  --parallel 1 --mem-fraction 0 --limit pretrain=2700 --limit rl=1800 --limit eval=1200
+"$PY" -m interplay_jax.experiments.report E1 --scale=cpu_exposed --root=$ROOT --out benchmarks/results/e1_cpu_exposed
