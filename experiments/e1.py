@@ -75,30 +75,34 @@ def findings(scale):
     return {"cpu_shifted": SHIFTED_FINDINGS, "cpu_exposed": EXPOSED_FINDINGS}.get(scale, FINDINGS)
 
 
+# a CPU scale -> (base overrides, RL regimes, RL overrides, eval overrides, probed edge run?, base note)
+CPU_SCALES = {
+    "cpu_shifted": (SHIFTED_BASE, SHIFTED_REGIMES, SHIFTED_RL, SHIFTED_EVAL, True, "op2-5 (20/30/50), 30 min"),
+    "cpu_exposed": (EXPOSED_BASE, EXPOSED_REGIMES, EXPOSED_RL, EXPOSED_EVAL, False,
+                    "op2-5 (20/30/45) + op6-7 (5%), 40 min"),
+}
+
+
 def shifted_runs(scale="cpu_shifted"):
-    exposed = scale == "cpu_exposed"
-    base, regimes, rl = (EXPOSED_BASE, EXPOSED_REGIMES, EXPOSED_RL) if exposed else (SHIFTED_BASE, SHIFTED_REGIMES,
-                                                                                   SHIFTED_RL)
+    base, regimes, rl, evaluation, probe, base_note = CPU_SCALES[scale]
     tok = grid.Run(grid.TOKENIZER, "tokenizer.py", "", {"num_docs": 20_000},
                    note="byte-level BPE on 20,000 generated documents (= the default tokenizer)")
     out = [tok, grid.Run("base", "pretrain.py", "base,cpu", dict(base), refs=dict(grid.TOK_REF),
-                         note="pre-training op2-5 (20/30/45) + op6-7 (5%), 30 min" if exposed
-                         else "pre-training op2-5 (20/30/50), 30 min")]
+                         note=f"pre-training {base_note}")]
     for regime, (ops, study) in regimes.items():
         out.append(grid.rl(f"rl_{regime}", "base", "uniform", "cpu", note=f"GRPO on {regime} (the study's {study})",
                            **{**rl, "data.ops": ops}))
     names = ["base"] + [f"rl_{r}" for r in regimes]
-    if not exposed:
+    if probe:
         out.append(grid.rl("rl_edge", "base", "edge", "cpu", note="GRPO on the base's edge of competence (probed)",
                            **rl, **SHIFTED_EDGE))
         names.append("rl_edge")
-    out.append(grid.evaluate("eval", names, "cpu", note="pass@k, base vs each RL regime",
-                             **(EXPOSED_EVAL if exposed else SHIFTED_EVAL)))
+    out.append(grid.evaluate("eval", names, "cpu", note="pass@k, base vs each RL regime", **evaluation))
     return out
 
 
 def runs(scale):
-    if scale in ("cpu_shifted", "cpu_exposed"):
+    if scale in CPU_SCALES:
         return shifted_runs(scale)
     out = [grid.tokenizer(scale), grid.pretrain("base", "base", scale, note="pre-training op2-10 (20/30/50)")]
     for regime in REGIMES:
