@@ -10,7 +10,13 @@ op9-12 / op11-14 / op17-20), evaluated on op2-9: ID op2-5, OOD-edge op6-7, OOD-h
 Scale ``cpu_exposed`` (a deviation, BUILD_NOTES "E1 with a seen edge"): ``cpu_shifted``'s 1M base never
 solved op6-7 (0 of 1,024 samples), so it had no edge. Here the base sees op6-7 at a 5% share (E7's
 smallest-but-one hard share, E2's ">= 1% exposure"), so the edge bucket ``edge`` (op6-7) is seen but rare,
-not out of distribution; only the two core runs (op4-5, op6-7), with responses up to 320 tokens."""
+not out of distribution; only the two core runs (op4-5, op6-7), with responses up to 320 tokens.
+
+Scale ``cpu_exposed20`` (BUILD_NOTES "E1 with a seen edge"): 5% gave op6-7 one solved sample in 1,024, so
+here the base sees op6-7 at a 20% share (E7's 20% point), with only the edge run (op6-7): the ID claim was
+tested at both other scales, and a third RL run does not fit the session."""
+import json
+
 from interplay_jax.experiments import dag, grid
 
 REGIMES = ("op7-10", "op9-12", "op11-14", "op17-20")
@@ -24,7 +30,8 @@ EDGE_PROBE = {  # per-op probe of the edge preset (configs/rl.py data.edge)
 # expect: "up" = the paired 95% interval of the delta lies above 0 / "not_up" = it does not, core:
 # part of the overall verdict). The study's edge is op11-14 by its definition, so rl_op11-14 carries
 # the core claim; the probed edge run is reported beside it.
-def _claims(id_regime: str, edge_regime: str, edge: str = "OOD-edge", probe: bool = True) -> tuple:
+def _claims(id_regime, edge_regime: str, edge: str = "OOD-edge", probe: bool = True) -> tuple:
+    """``id_regime=None``: no ID run, so no ID claims."""
     return tuple(c for c in (
         (f"RL at the edge ({edge_regime}) lifts {edge} pass@n above the base", f"rl_{edge_regime}", edge,
          "n", "up", True),
@@ -33,11 +40,11 @@ def _claims(id_regime: str, edge_regime: str, edge: str = "OOD-edge", probe: boo
         (f"RL at the probed edge lifts {edge} pass@n above the base", "rl_edge", edge, "n", "up", False),
         (f"RL at the edge ({edge_regime}) raises {edge} pass@1", f"rl_{edge_regime}", edge, 1, "up", False),
         (f"RL on {id_regime} raises ID pass@1", f"rl_{id_regime}", "ID", 1, "up", False),
-    ) if probe or c[1] != "rl_edge")
+    ) if (probe or c[1] != "rl_edge") and (id_regime or c[1] != f"rl_{id_regime}"))
 
 
 FINDINGS = _claims("op7-10", "op11-14")
-SCALES = dag.SCALES + ("cpu_shifted", "cpu_exposed")
+SCALES = dag.SCALES + ("cpu_shifted", "cpu_exposed", "cpu_exposed20")
 # cpu_shifted: regime -> its ops, and the study regime whose place it takes
 SHIFTED_REGIMES = {"op4-5": ((4, 5), "op7-10"), "op5-6": ((5, 6), "op9-12"), "op6-7": ((6, 7), "op11-14"),
                    "op8-9": ((8, 9), "op17-20")}
@@ -58,13 +65,24 @@ SHIFTED_EVAL = {"eval.ops": "2-9", "eval.per_op": 32, "sampling.n": 16, "samplin
 SHIFTED_FINDINGS = _claims("op4-5", "op6-7")   # the same claims, at the shifted places
 # cpu_exposed: cpu_shifted's base with 5% of its data moved from op5 to op6-7; RL responses up to 320 tokens
 # (the longest op7 gold completion is 310 tokens with this tokenizer; at 256, 42% of them would be cut)
-EXPOSED_BASE = {**SHIFTED_BASE, "eval.buckets": "ID:2-5,edge:6-7",
-                "mixture": '[{"ops": [2, 3], "weight": 0.2}, {"ops": [4], "weight": 0.3}, {"ops": [5], "weight": 0.45},'
-                           ' {"ops": [6, 7], "weight": 0.05}]'}
+
+
+def _exposed_base(share: float) -> dict:
+    """cpu_shifted's base with ``share`` of its data moved from op5 to op6-7."""
+    mixture = [{"ops": [2, 3], "weight": 0.2}, {"ops": [4], "weight": 0.3}, {"ops": [5], "weight": round(0.5 - share, 4)},
+               {"ops": [6, 7], "weight": share}]
+    return {**SHIFTED_BASE, "eval.buckets": "ID:2-5,edge:6-7", "mixture": json.dumps(mixture)}
+
+
+EXPOSED_BASE = _exposed_base(0.05)
 EXPOSED_REGIMES = {r: SHIFTED_REGIMES[r] for r in ("op4-5", "op6-7")}
 EXPOSED_RL = {**SHIFTED_RL, "rl.max_response_len": 320}
 EXPOSED_EVAL = {**SHIFTED_EVAL, "buckets": "ID:2-5,edge:6-7,OOD-hard:8-9"}
 EXPOSED_FINDINGS = _claims("op4-5", "op6-7", edge="edge", probe=False)
+# cpu_exposed20: 20% on op6-7, the edge run only (claims fixed before the run, like the others)
+EXPOSED20_BASE = _exposed_base(0.20)
+EXPOSED20_REGIMES = {"op6-7": SHIFTED_REGIMES["op6-7"]}
+EXPOSED20_FINDINGS = _claims(None, "op6-7", edge="edge", probe=False)
 PUBLISHED = {  # strict pass@k on the released checkpoints (docs/experiments.md)
     "base": {"OOD-edge": {"1": 18.2, "128": 41.1}, "ID": {"1": 83.1}},
     "rl_op11-14": {"OOD-edge": {"1": 50.6, "128": 84.0}, "ID": {"1": 82.6}},
@@ -72,7 +90,8 @@ PUBLISHED = {  # strict pass@k on the released checkpoints (docs/experiments.md)
 
 
 def findings(scale):
-    return {"cpu_shifted": SHIFTED_FINDINGS, "cpu_exposed": EXPOSED_FINDINGS}.get(scale, FINDINGS)
+    return {"cpu_shifted": SHIFTED_FINDINGS, "cpu_exposed": EXPOSED_FINDINGS,
+            "cpu_exposed20": EXPOSED20_FINDINGS}.get(scale, FINDINGS)
 
 
 # a CPU scale -> (base overrides, RL regimes, RL overrides, eval overrides, probed edge run?, base note)
@@ -80,6 +99,8 @@ CPU_SCALES = {
     "cpu_shifted": (SHIFTED_BASE, SHIFTED_REGIMES, SHIFTED_RL, SHIFTED_EVAL, True, "op2-5 (20/30/50), 30 min"),
     "cpu_exposed": (EXPOSED_BASE, EXPOSED_REGIMES, EXPOSED_RL, EXPOSED_EVAL, False,
                     "op2-5 (20/30/45) + op6-7 (5%), 40 min"),
+    "cpu_exposed20": (EXPOSED20_BASE, EXPOSED20_REGIMES, EXPOSED_RL, EXPOSED_EVAL, False,
+                      "op2-5 (20/30/30) + op6-7 (20%), 40 min"),
 }
 
 
