@@ -13,9 +13,12 @@ smallest-but-one hard share, E2's ">= 1% exposure"), so the edge bucket ``edge``
 not out of distribution; only the two core runs (op4-5, op6-7), with responses up to 320 tokens.
 
 Scale ``cpu_exposed20`` (BUILD_NOTES "E1 with a seen edge"): 5% gave op6-7 one solved sample in 1,024, so
-here the base sees op6-7 at a 20% share (E7's 20% point), with only the edge run (op6-7): the ID claim was
-tested at both other scales, and a third RL run does not fit the session."""
+here the base sees op6-7 at a 20% share (E7's 20% point), with only the edge run (op6-7) (the ID claim was
+tested at both other scales) and beside it the edge run with the process-verified reward (``strict``, E4's
+variant), because at both other scales the outcome reward taught right answers over wrong work."""
 import json
+
+from typing import NamedTuple
 
 from interplay_jax.experiments import dag, grid
 
@@ -79,10 +82,16 @@ EXPOSED_REGIMES = {r: SHIFTED_REGIMES[r] for r in ("op4-5", "op6-7")}
 EXPOSED_RL = {**SHIFTED_RL, "rl.max_response_len": 320}
 EXPOSED_EVAL = {**SHIFTED_EVAL, "buckets": "ID:2-5,edge:6-7,OOD-hard:8-9"}
 EXPOSED_FINDINGS = _claims("op4-5", "op6-7", edge="edge", probe=False)
-# cpu_exposed20: 20% on op6-7, the edge run only (claims fixed before the run, like the others)
+# cpu_exposed20: 20% on op6-7, the edge run only, with the outcome and the strict reward (claims fixed before
+# the run, like the others; the strict arm's are reported, not core: E4's comparison at E1's edge)
 EXPOSED20_BASE = _exposed_base(0.20)
 EXPOSED20_REGIMES = {"op6-7": SHIFTED_REGIMES["op6-7"]}
-EXPOSED20_FINDINGS = _claims(None, "op6-7", edge="edge", probe=False)
+EXPOSED20_FINDINGS = _claims(None, "op6-7", edge="edge", probe=False) + (
+    ("RL at the edge with the strict (process-verified) reward lifts edge pass@n above the base",
+     "rl_op6-7_strict", "edge", "n", "up", False),
+    ("The strict reward beats the outcome reward on edge pass@1 (E4)", "rl_op6-7_strict", "edge", 1, "up", False,
+     "rl_op6-7"),
+)
 PUBLISHED = {  # strict pass@k on the released checkpoints (docs/experiments.md)
     "base": {"OOD-edge": {"1": 18.2, "128": 41.1}, "ID": {"1": 83.1}},
     "rl_op11-14": {"OOD-edge": {"1": 50.6, "128": 84.0}, "ID": {"1": 82.6}},
@@ -94,31 +103,46 @@ def findings(scale):
             "cpu_exposed20": EXPOSED20_FINDINGS}.get(scale, FINDINGS)
 
 
-# a CPU scale -> (base overrides, RL regimes, RL overrides, eval overrides, probed edge run?, base note)
+class CpuScale(NamedTuple):
+    base: dict            # the base's pre-training overrides
+    regimes: dict         # RL regime -> (its ops, the study regime whose place it takes)
+    rl: dict              # every RL run's overrides
+    evaluation: dict      # the evaluation's overrides
+    probe: bool           # also the probed edge run (rl_edge)?
+    base_note: str
+    edge_rewards: tuple = ()   # more rewards for the edge regime (op6-7): runs rl_op6-7_<reward>
+
+
 CPU_SCALES = {
-    "cpu_shifted": (SHIFTED_BASE, SHIFTED_REGIMES, SHIFTED_RL, SHIFTED_EVAL, True, "op2-5 (20/30/50), 30 min"),
-    "cpu_exposed": (EXPOSED_BASE, EXPOSED_REGIMES, EXPOSED_RL, EXPOSED_EVAL, False,
-                    "op2-5 (20/30/45) + op6-7 (5%), 40 min"),
-    "cpu_exposed20": (EXPOSED20_BASE, EXPOSED20_REGIMES, EXPOSED_RL, EXPOSED_EVAL, False,
-                      "op2-5 (20/30/30) + op6-7 (20%), 40 min"),
+    "cpu_shifted": CpuScale(SHIFTED_BASE, SHIFTED_REGIMES, SHIFTED_RL, SHIFTED_EVAL, True, "op2-5 (20/30/50), 30 min"),
+    "cpu_exposed": CpuScale(EXPOSED_BASE, EXPOSED_REGIMES, EXPOSED_RL, EXPOSED_EVAL, False,
+                            "op2-5 (20/30/45) + op6-7 (5%), 40 min"),
+    "cpu_exposed20": CpuScale(EXPOSED20_BASE, EXPOSED20_REGIMES, EXPOSED_RL, EXPOSED_EVAL, False,
+                              "op2-5 (20/30/30) + op6-7 (20%), 40 min", edge_rewards=("strict",)),
 }
 
 
 def shifted_runs(scale="cpu_shifted"):
-    base, regimes, rl, evaluation, probe, base_note = CPU_SCALES[scale]
+    s = CPU_SCALES[scale]
     tok = grid.Run(grid.TOKENIZER, "tokenizer.py", "", {"num_docs": 20_000},
                    note="byte-level BPE on 20,000 generated documents (= the default tokenizer)")
-    out = [tok, grid.Run("base", "pretrain.py", "base,cpu", dict(base), refs=dict(grid.TOK_REF),
-                         note=f"pre-training {base_note}")]
-    for regime, (ops, study) in regimes.items():
+    out = [tok, grid.Run("base", "pretrain.py", "base,cpu", dict(s.base), refs=dict(grid.TOK_REF),
+                         note=f"pre-training {s.base_note}")]
+    names = ["base"]
+    for regime, (ops, study) in s.regimes.items():
         out.append(grid.rl(f"rl_{regime}", "base", "uniform", "cpu", note=f"GRPO on {regime} (the study's {study})",
-                           **{**rl, "data.ops": ops}))
-    names = ["base"] + [f"rl_{r}" for r in regimes]
-    if probe:
+                           **{**s.rl, "data.ops": ops}))
+        names.append(f"rl_{regime}")
+    for reward in s.edge_rewards:
+        ops, study = s.regimes["op6-7"]
+        out.append(grid.rl(f"rl_op6-7_{reward}", "base", "uniform", "cpu", reward=reward,
+                           note=f"GRPO on op6-7 (the study's {study}), reward {reward}", **{**s.rl, "data.ops": ops}))
+        names.append(f"rl_op6-7_{reward}")
+    if s.probe:
         out.append(grid.rl("rl_edge", "base", "edge", "cpu", note="GRPO on the base's edge of competence (probed)",
-                           **rl, **SHIFTED_EDGE))
+                           **s.rl, **SHIFTED_EDGE))
         names.append("rl_edge")
-    out.append(grid.evaluate("eval", names, "cpu", note="pass@k, base vs each RL regime", **evaluation))
+    out.append(grid.evaluate("eval", names, "cpu", note="pass@k, base vs each RL regime", **s.evaluation))
     return out
 
 

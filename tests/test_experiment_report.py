@@ -90,6 +90,7 @@ def test_e7_claims_compare_each_rl_run_with_its_own_base(tmp_path):
     md = pathlib.Path(report.build("E7", "mini", tmp_path)["markdown"]).read_text()
     row = next(ln for ln in md.splitlines() if ln.startswith("| RL (op11-14) lifts op11-14 pass@n over its base (hard5)"))
     assert "| 0.0 | 100.0 | +100.0 [+100.0, +100.0] | yes |" in row, row          # vs pre_hard5, not pre_hard0.1
+    assert "| rl_hard5 vs pre_hard5 |" in row, row
     row = next(ln for ln in md.splitlines() if ln.startswith("| RL (op11-14) lifts op15-20 pass@n over its base (hard5)"))
     assert row.endswith("| no signal |"), row
     assert "**cannot say**" in md           # hard20 ... hard50 were not evaluated

@@ -136,6 +136,11 @@ def test_e1_shifted_scale_is_consistent(tmp_path, scale, share):
     assert set(cfgs["rl_op6-7"].data.ops) == ops[edge]
     if "rl_op4-5" in runs:
         assert set(cfgs["rl_op4-5"].data.ops) <= ops["ID"]
+    if scale == "cpu_exposed20":    # E4's variant at the edge: the same run but for the reward
+        strict, outcome = cfgs["rl_op6-7_strict"], cfgs["rl_op6-7"]
+        assert (strict.rl.reward, outcome.rl.reward) == ("strict", "outcome")
+        assert strict.rl.to_dict() | {"reward": "outcome"} == outcome.rl.to_dict()
+        assert {c.rsplit("/", 1)[-1] for c in cfgs["eval"].checkpoints.split(",")} == {"base", "rl_op6-7", "rl_op6-7_strict"}
     assert set(parse_ops(cfgs["eval"].eval.ops)) == set().union(*ops.values())
     module = dag.experiment_module("E1")
     claims = module.findings(scale)

@@ -252,7 +252,8 @@ def finding_section(module, summaries: dict, scale: str) -> list[str]:
     if not claims:
         return []
     lines = ["## Does the study's finding show at this scale?", "",
-             "Each claim is a paired difference against the base over the same prompts, with its 95% bootstrap "
+             "Each claim is a paired difference against the base (or the run after \"vs\") over the same prompts, "
+             "with its 95% bootstrap "
              "interval; the claims and the rule were fixed before the run (experiments/"
              f"{module.__name__.rsplit('_', 1)[-1]}.py {source}).", "",
              "A claim has no signal when the base and the run are both at 0% (or, for \"does not lift\", the base "
@@ -283,7 +284,8 @@ def finding_section(module, summaries: dict, scale: str) -> list[str]:
         if core:
             verdicts.append(shows)
         pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
-        lines.append(f"| {text} | {run} | {bucket} | strict pass@{kk} | {pct(b)} | {pct(r)} | {100 * e['delta']:+.1f} "
+        shown = f"{run} vs {base_name}" if len(claim) > 6 else run
+        lines.append(f"| {text} | {shown} | {bucket} | strict pass@{kk} | {pct(b)} | {pct(r)} | {100 * e['delta']:+.1f} "
                      f"[{100 * lo:+.1f}, {100 * hi:+.1f}] | {word} |")
     if verdicts and all(v is not None for v in verdicts):
         overall = ("**yes**" if all(verdicts) else "**partly**" if any(verdicts) else "**no**")
