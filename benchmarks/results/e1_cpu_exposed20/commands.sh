@@ -8,5 +8,5 @@ PY=${PY:-python}
 ROOT=runs/experiments
 export JAX_PLATFORMS=cpu
 time "$PY" benchmarks/run_experiment.py E1 --scale=cpu_exposed20 --root=$ROOT --override '*.progress=False' \
-  --parallel 1 --mem-fraction 0 --limit pretrain=2700 --limit rl=2700 --limit eval=1200
+  --parallel 1 --mem-fraction 0 --limit pretrain=3600 --limit rl=2700 --limit eval=1200
 "$PY" -m interplay_jax.experiments.report E1 --scale=cpu_exposed20 --root=$ROOT --out benchmarks/results/e1_cpu_exposed20
