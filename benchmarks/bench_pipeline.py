@@ -1,6 +1,6 @@
 """Input pipeline throughput, wall clock, at the training stage's shapes (no extrapolation).
 
-    python benchmarks/bench_pipeline.py [--workers 0,1,2] [--seq-len 2048 --batch 32] [--seconds 20]
+    python benchmarks/bench_pipeline.py [--workers 0,1,2] [--seq-len 2048 --batch 32] [--seconds 20] [--mixture JSON]
 
 Prints packed real (non-pad) tokens per wall-clock second of the training stage's own pipeline
 (interplay_jax.stages.train.build_train_data):
@@ -30,6 +30,8 @@ from interplay_jax.stages.train import build_train_data, mixture_of  # noqa: E40
 def stage_config(args, **fields):
     c = load_config("pretrain.py:base,cpu", lock=False)
     c.seq_len, c.batch_size, c.tokenizer = args.seq_len, args.batch, args.tokenizer
+    if args.mixture:
+        c.mixture = args.mixture
     c.data.update(dict(buffer_docs=256, **fields))     # data.num_threads: the config default
     return c
 
@@ -57,6 +59,7 @@ def main():
     ap.add_argument("--tokenizer", default=str(REPO.parent / "shared" / "reference" / "tokenizer.json"))
     ap.add_argument("--shard-tokens", type=float, default=2e7, help="tokens of the temporary token shards")
     ap.add_argument("--no-shards", action="store_true")
+    ap.add_argument("--mixture", default="", help="the op mixture (JSON, as --config.mixture); default: the config's")
     args = ap.parse_args()
     if not pathlib.Path(args.tokenizer).is_file():
         args.tokenizer = ""                           # the default tokenizer
