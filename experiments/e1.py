@@ -17,7 +17,6 @@ here the base sees op6-7 at a 20% share (E7's 20% point), with only the edge run
 tested at both other scales) and beside it the edge run with the process-verified reward (``strict``, E4's
 variant), because at both other scales the outcome reward taught right answers over wrong work."""
 import json
-
 from typing import NamedTuple
 
 from interplay_jax.experiments import dag, grid
@@ -43,7 +42,7 @@ def _claims(id_regime, edge_regime: str, edge: str = "OOD-edge", probe: bool = T
         (f"RL at the probed edge lifts {edge} pass@n above the base", "rl_edge", edge, "n", "up", False),
         (f"RL at the edge ({edge_regime}) raises {edge} pass@1", f"rl_{edge_regime}", edge, 1, "up", False),
         (f"RL on {id_regime} raises ID pass@1", f"rl_{id_regime}", "ID", 1, "up", False),
-    ) if (probe or c[1] != "rl_edge") and (id_regime or c[1] != f"rl_{id_regime}"))
+    ) if (probe or c[1] != "rl_edge") and (id_regime is not None or c[2] != "ID"))
 
 
 FINDINGS = _claims("op7-10", "op11-14")
@@ -66,8 +65,6 @@ SHIFTED_EDGE = {"data.edge.ops": "2-9", "data.edge.per_op": 8, "data.edge.n": 16
 SHIFTED_EVAL = {"eval.ops": "2-9", "eval.per_op": 32, "sampling.n": 16, "sampling.max_new_tokens": 320,
                 "sampling.batch_prompts": 32, "buckets": SHIFTED_BUCKETS}
 SHIFTED_FINDINGS = _claims("op4-5", "op6-7")   # the same claims, at the shifted places
-# cpu_exposed: cpu_shifted's base with 5% of its data moved from op5 to op6-7; RL responses up to 320 tokens
-# (the longest op7 gold completion is 310 tokens with this tokenizer; at 256, 42% of them would be cut)
 
 
 def _exposed_base(share: float) -> dict:
@@ -77,6 +74,8 @@ def _exposed_base(share: float) -> dict:
     return {**SHIFTED_BASE, "eval.buckets": "ID:2-5,edge:6-7", "mixture": json.dumps(mixture)}
 
 
+# cpu_exposed: cpu_shifted's base with 5% of its data moved from op5 to op6-7; RL responses up to 320 tokens
+# (the longest op7 gold completion is 310 tokens with this tokenizer; at 256, 42% of them would be cut)
 EXPOSED_BASE = _exposed_base(0.05)
 EXPOSED_REGIMES = {r: SHIFTED_REGIMES[r] for r in ("op4-5", "op6-7")}
 EXPOSED_RL = {**SHIFTED_RL, "rl.max_response_len": 320}
