@@ -12,7 +12,7 @@ solved op6-7 (0 of 1,024 samples), so it had no edge. Here the base sees op6-7 a
 smallest-but-one hard share, E2's ">= 1% exposure"), so the edge bucket ``edge`` (op6-7) is seen but rare,
 not out of distribution; only the two core runs (op4-5, op6-7), with responses up to 320 tokens.
 
-Scale ``cpu_exposed20`` (BUILD_NOTES "E1 with a seen edge"): 5% gave op6-7 one solved sample in 1,024, so
+Scale ``cpu_exposed20`` (BUILD_NOTES "E1 with the edge seen at 20%"): 5% gave op6-7 one solved sample in 1,024, so
 here the base sees op6-7 at a 20% share (E7's 20% point), with only the edge run (op6-7) (the ID claim was
 tested at both other scales) and beside it the edge run with the process-verified reward (``strict``, E4's
 variant), because at both other scales the outcome reward taught right answers over wrong work."""
@@ -32,7 +32,7 @@ EDGE_PROBE = {  # per-op probe of the edge preset (configs/rl.py data.edge)
 # expect: "up" = the paired 95% interval of the delta lies above 0 / "not_up" = it does not, core:
 # part of the overall verdict). The study's edge is op11-14 by its definition, so rl_op11-14 carries
 # the core claim; the probed edge run is reported beside it.
-def _claims(id_regime, edge_regime: str, edge: str = "OOD-edge", probe: bool = True) -> tuple:
+def _claims(id_regime: str | None, edge_regime: str, edge: str = "OOD-edge", probe: bool = True) -> tuple:
     """``id_regime=None``: no ID run, so no ID claims."""
     return tuple(c for c in (
         (f"RL at the edge ({edge_regime}) lifts {edge} pass@n above the base", f"rl_{edge_regime}", edge,

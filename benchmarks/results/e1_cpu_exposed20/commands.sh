@@ -1,4 +1,4 @@
-# E1 with an edge seen at 20%, on the 2-core CPU (experiments/e1.py, scale cpu_exposed20; BUILD_NOTES "E1 with a seen edge").
+# E1 with an edge seen at 20%, on the 2-core CPU (experiments/e1.py, scale cpu_exposed20; BUILD_NOTES "E1 with the edge seen at 20%").
 # cpu_shifted's base with 20% of its data moved from op5 to op6-7, trained from scratch (~40 min), then GRPO on
 # op6-7 only, with the outcome and with the strict (process-verified) reward (responses up to 320 tokens),
 # and the evaluation on op2-9 (n = 16).
