@@ -22,6 +22,10 @@ set -u
 cd "$(dirname "$0")/.."
 source benchmarks/gpu_env.sh
 TOK=${TOK:-$REPO/runs/gpu_seed/reference_tokenizer.json}     # the original release's tokenizer
+if [ ! -f "$TOK" ]; then                                       # (benchmarks/gpu_prepare.sh puts it there)
+  echo "note: no tokenizer at $TOK (run benchmarks/gpu_prepare.sh and carry runs/gpu_seed); the default tokenizer is used"
+  TOK=""
+fi
 S=${SMOKE:-0}
 want() { [ -z "${STEPS:-}" ] || [[ " $STEPS " == *" $1 "* ]]; }
 run() { local limit=$1; shift; echo "== $*" | cut -c1-200; timeout "$limit" "$@" 2>&1 | grep -v -iE "warning|^\s*$|tqdm"; echo "   (exit ${PIPESTATUS[0]})"; }
