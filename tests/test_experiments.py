@@ -61,6 +61,16 @@ def test_cli_dry_run_and_commands(tmp_path):
     assert any("--config=configs/rl.py:op11-14,paper,outcome" in l and "init_from=" in l for l in lines)
 
 
+def test_cli_only_names_a_run(tmp_path, capsys):
+    from interplay_jax.experiments import run as exp_run
+
+    # a misspelt --only used to do nothing and say "all runs done"; now it is one error line
+    assert exp_run.main(["E1", "--scale=mini", f"--root={tmp_path}", "--only=tokenizr"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no run tokenizr" in err[0] and "tokenizer, base" in err[0]
+    assert not any(tmp_path.iterdir())                     # nothing ran
+
+
 def _fake_summary(name, ks_values, buckets=("ID", "OOD-edge", "OOD-hard")):
     from interplay_jax.eval import report as eval_report
 

@@ -12,7 +12,7 @@ import pathlib
 import sys
 import time
 
-from interplay_jax.errors import INTERRUPTED_EXIT, UserError, exit_interrupted
+from interplay_jax.errors import INTERRUPTED_EXIT, ConfigError, UserError, exit_interrupted
 from interplay_jax.experiments import dag
 from interplay_jax.stages import run_config
 
@@ -52,6 +52,10 @@ def main(argv=None) -> int:
         if a.dry_run:
             return 0
         only = {s for s in a.only.split(",") if s}
+        unknown = sorted(only - {r.name for r in runs})
+        if unknown:
+            raise ConfigError(f"--only: {a.experiment.upper()} at scale {a.scale} has no run {', '.join(unknown)} "
+                              f"(its runs: {', '.join(r.name for r in runs)})")
         for r in runs:
             if only and r.name not in only:
                 continue
@@ -64,7 +68,8 @@ def main(argv=None) -> int:
             run_config(dag.load_config(r, root))
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.write_text(f"finished in {time.time() - t0:.0f}s\n")
-        print(f"{a.experiment.upper()}: all runs done; report: python -m interplay_jax.experiments.report "
+        done = f"{', '.join(r.name for r in runs if r.name in only)} done" if only else "all runs done"
+        print(f"{a.experiment.upper()}: {done}; report: python -m interplay_jax.experiments.report "
               f"{a.experiment.upper()} --scale={a.scale} --root={a.root}")
         return 0
     except UserError as e:
