@@ -1,12 +1,8 @@
 # Sourced by the GPU scripts (benchmarks/gpu_e1_mini.sh, benchmarks/gpu_sweep_mini.sh).
 # A bare GPU machine has python3 (3.12) with jax[cuda] / flax / optax / orbax / tensorboard /
 # tokenizers / matplotlib but no network: every other dependency comes as a wheel in the git-ignored
-# .whl/ folder that travels with the repo (fetch them once, where there is network, with
-#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
-#     --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 -d .whl \
-#     grain==0.2.18 array_record==0.8.6 portpicker==1.6.0 ml_collections==1.1.0 \
-#     cloudpickle tqdm safetensors psutil PyYAML networkx absl-py etils
-# ) and only the modules that do not import are unpacked into $DEPS_DIR (a wheel is a zip file).
+# .whl/ folder that travels with the repo (fetched where there is network by benchmarks/gpu_prepare.sh)
+# and only the modules that do not import are unpacked into $DEPS_DIR (a wheel is a zip file).
 # Sets PY, REPO, PYTHONPATH, INTERPLAY_CACHE (default /tmp/interplay_cache: the compile cache and
 # the default tokenizer) and PYTHONUNBUFFERED.
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -3,7 +3,7 @@
 # bare device machine, so that its few device-minutes go to the measurements:
 #   .whl/                                   the wheels benchmarks/gpu_env.sh unpacks there (cp312)
 #   runs/gpu_seed/reference_tokenizer.json  the original release's tokenizer (benchmarks/gpu_check.sh)
-#   runs/e1_seed/E1_mini/tokenizer/         E1's mini tokenizer run, built here (~3 min on 2 cores), which
+#   runs/e1_seed/E1_mini/tokenizer/         E1's mini tokenizer run, built here (52 s on 2 cores), which
 #                                           benchmarks/gpu_e1_mini.sh copies in instead of building it there
 # Then call the device tool with carry [".whl", "runs/gpu_seed", "runs/e1_seed"].
 #
