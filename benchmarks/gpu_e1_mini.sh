@@ -24,7 +24,7 @@
 #   RECIPE_FROM  a sweep.json (benchmarks/gpu_sweep_mini.sh): PRETRAIN_SET / PRETRAIN_STEPS from its best point on
 #                the base mixture (highest strict ID pass@1), steps = RECIPE_SECONDS (180) x its probe speed;
 #                PRETRAIN_SET / PRETRAIN_STEPS given as well win over the recipe's
-#   RL_STEPS (default 30), RL_MICRO (rl.micro_batch_size, default 8: the masked attention of the update keeps fp32 scores), RL_SET ("key=value ..." for every RL run)
+#   RL_STEPS (default 30), RL_MICRO (rl.micro_batch_size, default 32: 5.7 GiB compiled for the H200 at the mini shapes, within a process's share), RL_SET ("key=value ..." for every RL run)
 #   EDGE_OPS (default 2-14), EDGE_PER_OP (4), EDGE_N (16), EDGE_BATCH (16 prompts per call): the edge probe
 #   EVAL_OPS (2-20), EVAL_PER_OP (16), EVAL_N (16), EVAL_MAX_NEW (768), EVAL_BATCH (32 prompts per call)
 #   OVERRIDES    free-form "RUN.KEY=VALUE ..." (RUN: a name, a pattern like rl_*, or @pretrain/@rl/@eval)
@@ -57,7 +57,7 @@ add() { OV+=(--override "$1"); }
 [ -n "${PRETRAIN_STEPS:-}" ] && add "@pretrain.total_steps=$PRETRAIN_STEPS"
 for kv in ${PRETRAIN_SET:-}; do add "@pretrain.$kv"; done
 add "@rl.rl.total_steps=${RL_STEPS:-30}"
-add "@rl.rl.micro_batch_size=${RL_MICRO:-8}"
+add "@rl.rl.micro_batch_size=${RL_MICRO:-32}"
 for kv in ${RL_SET:-}; do add "@rl.$kv"; done
 add "*edge.data.edge.ops=${EDGE_OPS:-2-14}"
 add "*edge.data.edge.per_op=${EDGE_PER_OP:-4}"
