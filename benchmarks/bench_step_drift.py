@@ -77,11 +77,11 @@ def main(argv=None) -> int:
     for r in range(a.rounds):
         for k in (list(states) if r % 2 == 0 else list(states)[::-1]):
             times[k].append(block(copy(states[k]), a.per_round)[0])
-    print(f"{run}: {tokens:,} tokens per step; host settings {settings or 'off'}; ms per step, medians of "
+    print(f"{run}: {tokens:,} token slots per step (padding included); host settings {settings or 'off'}; ms per step, medians of "
           f"{a.rounds} alternating rounds")
     for k, v in times.items():
         med = float(np.median(v))
-        print(f"  {k:>12}: {med:8.1f} ms  ({tokens / med * 1e3:,.0f} tokens/s; rounds {', '.join(f'{x:.0f}' for x in v)})")
+        print(f"  {k:>12}: {med:8.1f} ms  ({tokens / med * 1e3:,.0f} slots/s; rounds {', '.join(f'{x:.0f}' for x in v)})")
     state, series = copy(states[f"step {steps[-1]}"]), []
     for _ in range(a.blocks):
         ms, state = block(state, a.per_round)
